@@ -1,0 +1,148 @@
+"""`kaptrial`: the command line of the KAP-TRD-01 data platform."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import flows  # noqa: F401 — offline settings first
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.settings import DEFAULT_WAREHOUSE
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="KAP-TRD-01 data platform.")
+console = Console()
+err = Console(stderr=True)
+
+WarehouseOption = Annotated[Path, typer.Option("--warehouse", "-w", help="Warehouse folder.")]
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the demo inbox into.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same bytes.")] = 7,
+    participants_per_site: Annotated[int, typer.Option(help="People screened per site.")] = 30,
+) -> None:
+    """Write a demo inbox that follows the DTS, with a controlled rate of every defect it names."""
+    from flows.generate import generate_trial
+
+    report = generate_trial(out, seed=seed, participants_per_site=participants_per_site)
+    table = Table(title=f"Demo inbox {out}")
+    for column in ("source", "transfer", "files"):
+        table.add_column(column)
+    for source, transfer_id, path in report.transfers:
+        table.add_row(source, transfer_id, str(len(list(Path(path).iterdir()))))
+    console.print(table)
+    for source, why in dict(report.skipped).items():
+        console.print(f"[yellow]{source}[/]: not generated ({why})")
+
+
+@app.command()
+def ingest(
+    inbox: Annotated[Path, typer.Option("--inbox", help="Inbox folder: <source>/<transfer_id>/.")],
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    sources: Annotated[str | None, typer.Option(help="Comma-separated sources to ingest (default: all).")] = None,
+) -> None:
+    """Run the Prefect flow `ingest-transfers` in-process over the inbox.
+
+    Exits 0 when the run completed, even with rejected transfers or quarantined rows.
+    """
+    from flows.ingest import WarehouseBusy
+    from flows.ingest_transfers import ingest_transfers
+    from flows.report import print_summary
+
+    only = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
+    try:
+        summary = ingest_transfers(inbox=str(inbox), warehouse=str(warehouse), sources=only)
+    except WarehouseBusy as busy:
+        err.print(f"[red]{busy}[/]")
+        raise typer.Exit(3) from None
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]ingest failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    print_summary(summary, console)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (date, datetime, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SQL query, run read-only.")],
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    unblinded: Annotated[bool, typer.Option(help="Attach the unblinded store as `unblinded`.")] = False,
+) -> None:
+    """Run one read-only query on the blinded warehouse."""
+    from flows.warehouse import connect
+
+    if format not in ("table", "csv", "json"):
+        err.print("--format must be table, csv or json")
+        raise typer.Exit(2)
+    if unblinded:
+        err.print("[red]the unblinded store is not available in this version (IWRS ingest comes next)[/]")
+        raise typer.Exit(2)
+    try:
+        con = connect(warehouse, read_only=True)
+    except FileNotFoundError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        cursor = con.execute(query)
+        columns = [d[0] for d in cursor.description or []]
+        rows = cursor.fetchall()
+    except Exception as exc:
+        err.print(f"[red]query failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        con.close()
+    if format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+    elif format == "json":
+        sys.stdout.write(json.dumps([{c: _jsonable(v) for c, v in zip(columns, r, strict=True)} for r in rows],
+                                    indent=1) + "\n")
+    else:
+        table = Table()
+        for c in columns:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*("" if v is None else str(v) for v in r))
+        console.print(table)
+
+
+@app.command()
+def status(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
+    """Transfers and their status, the last runs, and row counts of the warehouse."""
+    from flows.report import print_status
+    from flows.warehouse import connect
+
+    try:
+        con = connect(warehouse, read_only=True)
+    except FileNotFoundError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        print_status(con, console)
+    finally:
+        con.close()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,87 @@
+"""Stage 4 — conform: delivered text to typed values, in the site's dialect (DTS §2, §3).
+
+Generates one DuckDB `select` per dataset from the dataset's columns and the source's settings.
+For every column it yields the typed value, the text as delivered (`<col>__raw`, null when the
+site's missing code was sent) and whether a non-missing value failed to parse (`<col>__bad`,
+which quarantines the record as UNPARSEABLE). A value is never rounded or guessed: an integer
+must look like one, a decimal must use the site's separator, a date the site's format.
+"""
+
+from __future__ import annotations
+
+from flows.read import ROW
+from flows.registry import Source
+from schemas.datasets import Column, Dataset
+
+RAW = "__raw"
+BAD = "__bad"
+UNIT = "__unit"  # the delivered column a converted value came from (e.g. weight_lb)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def missing_to_null(expr: str, missing_values: tuple[str, ...]) -> str:
+    if not missing_values:
+        return expr
+    codes = ", ".join(quote_literal(v) for v in missing_values)
+    return f"case when {expr} in ({codes}) then null else {expr} end"
+
+
+def parse_expression(raw: str, column: Column, source: Source, factor: float = 1.0) -> str:
+    """Typed value of the text expression `raw` (already null when missing)."""
+    if column.kind == "text":
+        return raw
+    if column.kind == "integer":
+        return f"case when regexp_full_match({raw}, '[+-]?[0-9]+') then try_cast({raw} as bigint) end"
+    if column.kind == "decimal":
+        sep = source.decimal or "."
+        pattern = "[+-]?([0-9]+([" + sep + "][0-9]*)?|[" + sep + "][0-9]+)"
+        number = f"try_cast(replace({raw}, {quote_literal(sep)}, '.') as double)"
+        scaled = number if factor == 1.0 else f"{number} * {factor!r}"
+        return f"case when regexp_full_match({raw}, {quote_literal(pattern)}) then {scaled} end"
+    if column.kind == "date":
+        return f"cast(try_strptime({raw}, {quote_literal(source.date_format)}) as date)"
+    if column.kind == "time":
+        return (f"case when regexp_full_match({raw}, '[0-9]{{1,2}}:[0-9]{{2}}') "
+                f"then cast(try_strptime({raw}, '%H:%M') as time) end")
+    raise ValueError(f"unknown column kind {column.kind!r}")
+
+
+SQL_TYPES = {"text": "varchar", "integer": "bigint", "decimal": "double", "date": "date", "time": "time"}
+
+
+def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str) -> str:
+    """The `select` that turns the raw text table of one delivered file into conformed columns."""
+    parts = [ROW, "_copies"]
+    for column in dataset.columns:
+        delivered_name, factor = column.name, 1.0
+        if column.name not in delivered and column.name in dataset.alternatives:
+            alternative, alt_factor = dataset.alternatives[column.name]
+            if alternative in delivered:
+                delivered_name, factor = alternative, alt_factor
+        if delivered_name in delivered:
+            raw = missing_to_null(quote_ident(delivered_name), source.missing_values)
+            typed = parse_expression(raw, column, source, factor)
+        else:
+            raw, typed = "null::varchar", f"null::{SQL_TYPES[column.kind]}"
+        name = quote_ident(column.name)
+        parts += [
+            f"{typed} as {name}",
+            f"{raw} as {quote_ident(column.name + RAW)}",
+            f"({raw}) is not null and ({typed}) is null as {quote_ident(column.name + BAD)}",
+            f"{quote_literal(delivered_name)} as {quote_ident(column.name + UNIT)}",
+        ]
+    return "select " + ",\n       ".join(parts) + f"\nfrom {table}"
+
+
+def collapse_select(delivered: list[str], table: str) -> str:
+    """Identical rows (every delivered column the dataset knows) collapse to their first line."""
+    columns = ", ".join(quote_ident(c) for c in delivered)
+    return (f"select min({ROW}) as {ROW}, count(*) - 1 as _copies, {columns} "
+            f"from {table} group by all")

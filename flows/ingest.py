@@ -1,0 +1,167 @@
+"""The ingest of one inbox into one warehouse, stage by stage, without Prefect.
+
+`flows/ingest_transfers.py` wraps these functions as the Prefect flow; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from flows.discover import TransferRef
+from flows.land import CORE_MODELS, land_transfer, publish_parquet, record_transfer
+from flows.process import DatasetLoad, drop_scratch, process_transfer
+from flows.registry import SUPPORTED_FORMATS, Source
+from flows.verify import Rejected, load_manifest, verify_transfer
+from flows.warehouse import build_marts
+
+LOCK_FILE = ".ingest.lock"
+FINAL_STATUSES = ("LANDED", "REJECTED", "DUPLICATE", "LATE")
+
+
+@dataclass
+class TransferReceipt:
+    """What happened to one transfer folder in this run."""
+
+    source: str
+    transfer_id: str
+    status: str  # LANDED, REJECTED, PENDING, LATE, SKIPPED (already processed), WAITING (format not yet supported)
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    loads: list[DatasetLoad] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    inbox: str
+    warehouse: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    receipts: list[TransferReceipt] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.receipts if r.status == status)
+
+    @property
+    def loads(self) -> list[tuple[TransferReceipt, DatasetLoad]]:
+        return [(r, load) for r in self.receipts for load in r.loads]
+
+
+class WarehouseBusy(RuntimeError):
+    pass
+
+
+@contextmanager
+def writer_lock(warehouse: Path) -> Iterator[None]:
+    """One writer per warehouse: a second ingest exits at once with a clear message."""
+    warehouse.mkdir(parents=True, exist_ok=True)
+    with open(warehouse / LOCK_FILE, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WarehouseBusy(f"another ingest is writing {warehouse}; try again when it has finished") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def prior_status(con: duckdb.DuckDBPyConnection, source: str, transfer_id: str) -> str | None:
+    row = con.execute("select status from ops.transfers where source = ? and transfer_id = ? "
+                      "order by recorded_at limit 1", [source, transfer_id]).fetchone()
+    return row[0] if row else None
+
+
+def current_transfer(con: duckdb.DuckDBPyConnection, source: str) -> str | None:
+    row = con.execute("select max(transfer_id) from ops.transfers where source = ? and status = 'LANDED'",
+                      [source]).fetchone()
+    return row[0] if row else None
+
+
+def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source, warehouse: Path,
+               run_id: str) -> TransferReceipt:
+    """Decide the fate of one transfer folder and carry it out (DTS §2.1)."""
+    receipt = TransferReceipt(ref.source, ref.folder, "SKIPPED")
+    known = prior_status(con, ref.source, ref.folder)
+    if known in FINAL_STATUSES:
+        receipt.reason = f"already processed ({known})"
+        return receipt
+    if source.format not in SUPPORTED_FORMATS:
+        receipt.status, receipt.reason = "WAITING", f"format {source.format} is not ingested by this version yet"
+        return receipt
+    if not ref.has_manifest:
+        receipt.status, receipt.reason = "PENDING", "no manifest.json yet: upload in progress"
+        if known is None:
+            record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="PENDING",
+                            reason=receipt.reason, warnings=[], run_id=run_id)
+        return receipt
+    current = current_transfer(con, ref.source)
+    try:
+        if current is not None and ref.folder < current:
+            load_manifest(ref)
+            receipt.status = "LATE"
+            receipt.reason = f"older than the current transfer {current}: recorded, not landed"
+            record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="LATE",
+                            reason=receipt.reason, warnings=[], run_id=run_id)
+            return receipt
+        start = time.perf_counter()
+        verified = verify_transfer(ref, source)
+        verify_seconds = time.perf_counter() - start
+        processed = process_transfer(con, verified)
+        start = time.perf_counter()
+        land_transfer(con, processed, run_id)
+        publish_parquet(con, warehouse, ref.source, CORE_MODELS)
+        receipt.status, receipt.warnings, receipt.loads = "LANDED", processed.warnings, processed.loads
+        receipt.seconds = {"verify": verify_seconds, **processed.seconds, "land": time.perf_counter() - start}
+    except Rejected as rejection:
+        receipt.status, receipt.reason = "REJECTED", str(rejection)
+        record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="REJECTED",
+                        reason=receipt.reason, warnings=[], run_id=run_id)
+    finally:
+        drop_scratch(con)
+    return receipt
+
+
+def start_run(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
+    con.execute("insert into ops.runs (run_id, started_at, status) values (?, ?, 'RUNNING')",
+                [summary.run_id, summary.started_at])
+
+
+def finish_run(con: duckdb.DuckDBPyConnection, summary: RunSummary, status: str, message: str | None = None,
+               derive_seconds: float = 0.0) -> None:
+    loads = [load for _, load in summary.loads]
+    seconds = {k: sum(r.seconds.get(k, 0.0) for r in summary.receipts) for k in ("read", "validate", "land")}
+    con.execute("""
+        update ops.runs set finished_at = ?, status = ?, transfers_seen = ?, transfers_landed = ?,
+            transfers_rejected = ?, transfers_pending = ?, rows_delivered = ?, rows_landed = ?, rows_quarantined = ?,
+            seconds_read = ?, seconds_validate = ?, seconds_land = ?, seconds_derive = ?, message = ?
+        where run_id = ?""",
+                [summary.finished_at, status, len(summary.receipts), summary.count("LANDED"),
+                 summary.count("REJECTED"), summary.count("PENDING"), sum(x.delivered for x in loads),
+                 sum(x.landed for x in loads), sum(x.quarantined for x in loads), seconds["read"],
+                 seconds["validate"], seconds["land"], derive_seconds, message, summary.run_id])
+
+
+def rebuild_marts(con: duckdb.DuckDBPyConnection) -> float:
+    start = time.perf_counter()
+    build_marts(con)
+    return time.perf_counter() - start
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

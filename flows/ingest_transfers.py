@@ -1,0 +1,91 @@
+"""The Prefect flow `ingest-transfers`: every transfer in the inbox, discovered, verified, read,
+conformed, validated, quarantined and landed, then the marts rebuilt.
+
+Tasks are thin wrappers around the plain functions of `flows.ingest`. Transfers of one
+warehouse are landed one after the other: DuckDB has one writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+import flows  # noqa: F401 — offline settings before Prefect is imported
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+
+from flows.discover import TransferRef, discover_transfers
+from flows.ingest import (
+    RunSummary,
+    TransferReceipt,
+    finish_run,
+    ingest_one,
+    new_run_id,
+    rebuild_marts,
+    start_run,
+    utc_now,
+    writer_lock,
+)
+from flows.registry import Source, load_registry
+from flows.settings import DEFAULT_WAREHOUSE
+from flows.warehouse import connect, init_warehouse
+
+
+@task(name="ingest-transfer", cache_policy=NO_CACHE, task_run_name="ingest-{ref.source}-{ref.folder}")
+def ingest_transfer(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source, warehouse: Path,
+                    run_id: str) -> TransferReceipt:
+    """Verify, read, validate and land one transfer (or record why not)."""
+    return ingest_one(con, ref, source, warehouse, run_id)
+
+
+def flow_run_id() -> str:
+    try:
+        return str(get_run_context().flow_run.id)
+    except Exception:  # outside a flow run (plain function call)
+        return new_run_id()
+
+
+def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, run_id: str | None = None,
+               step: Callable[..., TransferReceipt] = ingest_one) -> RunSummary:
+    """The whole run; the flow passes its task as `step`, tests that need no Prefect call it as is."""
+    registry = load_registry()
+    only = set(sources) if sources else None
+    if only and (unknown := only - set(registry)):
+        raise ValueError(f"unknown source(s) {', '.join(sorted(unknown))}; registered: {', '.join(registry)}")
+    summary = RunSummary(run_id or new_run_id(), str(inbox), str(warehouse), utc_now())
+    with writer_lock(warehouse):
+        con = connect(warehouse)
+        try:
+            init_warehouse(con)
+            start_run(con, summary)
+            discovery = discover_transfers(inbox, registry, only)
+            summary.warnings += discovery.warnings
+            try:
+                for ref in discovery.transfers:
+                    summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))
+                derive_seconds = rebuild_marts(con)
+            except BaseException as exc:
+                summary.finished_at = utc_now()
+                finish_run(con, summary, "FAILED", f"{type(exc).__name__}: {exc}")
+                raise
+            summary.finished_at = utc_now()
+            finish_run(con, summary, "COMPLETED", derive_seconds=derive_seconds)
+            con.execute("checkpoint")
+        finally:
+            con.close()
+    return summary
+
+
+@flow(name="ingest-transfers", log_prints=False)
+def ingest_transfers(inbox: str, warehouse: str = str(DEFAULT_WAREHOUSE),
+                     sources: list[str] | None = None) -> RunSummary:
+    """Ingest every new transfer of the inbox into the warehouse."""
+    logger = get_run_logger()
+    summary = run_ingest(Path(inbox), Path(warehouse), sources, run_id=flow_run_id(), step=ingest_transfer)
+    # Counts only: row values never go to Prefect's logs or database.
+    logger.info("run %s: %d landed, %d rejected, %d pending of %d transfer folders", summary.run_id,
+                summary.count("LANDED"), summary.count("REJECTED"), summary.count("PENDING"), len(summary.receipts))
+    return summary

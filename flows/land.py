@@ -1,0 +1,195 @@
+"""Stage 6 — land: a processed transfer becomes its source's current state, in one transaction.
+
+Within the transaction: the site's `core` rows are replaced through the SQL models (staging →
+core), changes against the previous state go to `ops.changes`, quarantine records, per-dataset
+accounting and the transfer's receipt go to `ops`, and the site's flags are merged (same id:
+still open; gone: closed). Parquet for the site is written after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from flows.conform import quote_literal
+from flows.process import ProcessedTransfer
+from flows.warehouse import read_model, set_variables
+
+# Order matters: later models read the site's rows of earlier ones.
+CORE_MODELS = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
+# The delivered columns compared between snapshots, by dataset (DTS §2.1): no lineage, no derivations.
+DELIVERED_COLUMNS = {
+    "participants": ["screening_date", "consent_date", "birth_year", "sex", "weight_kg", "prior_ect", "status",
+                     "withdrawal_date", "withdrawal_reason"],
+    "sessions": ["session_date", "start_time", "duration_min", "therapist_id", "attended", "route", "dose_mg",
+                 "weight_kg", "infusion_min"],
+    "vitals": ["measured_time", "sbp", "dbp", "hr", "spo2"],
+    "assessment_items": ["assessment_date", "rater_id", "score"],
+    "adverse_events": ["term", "onset_date", "end_date", "severity", "serious", "related", "outcome", "action"],
+}
+KEYS = {
+    "participants": ["subject_id"],
+    "sessions": ["subject_id", "visit"],
+    "vitals": ["subject_id", "visit", "timepoint"],
+    "assessment_items": ["subject_id", "visit", "instrument", "item"],
+    "adverse_events": ["subject_id", "ae_id"],
+}
+
+REASON_TEXT = """case reason_code
+    when 'UNPARSEABLE' then case when column_name is null then detail
+        else format('''{}'' cannot be read as a {}', value, detail) end
+    when 'MISSING_REQUIRED' then format('{} is required and missing', column_name)
+    when 'OUT_OF_RANGE' then format('''{}'' is outside the allowed values: {}', value, detail)
+    when 'UNKNOWN_SUBJECT' then case when detail = 'other site'
+        then format('subject {} belongs to another site than {}', value, getvariable('site_id'))
+        else format('subject {} is not among the participants landing from this transfer', value) end
+    when 'CONFLICTING_DUPLICATE' then format('{} but differ ({} is one difference)', detail, column_name)
+    when 'INVALID_VISIT' then format('''{}'' is not a {} the dataset or instrument has', value, column_name)
+    when 'INCONSISTENT' then format('''{}'' breaks the rule {}', value, detail)
+    else detail
+end"""
+
+
+def replace_core(con: duckdb.DuckDBPyConnection, site_id: str) -> None:
+    for table in CORE_MODELS:
+        con.execute(f"delete from core.{table} where site_id = ?", [site_id])
+        con.execute(f"insert into core.{table} by name select * from ({read_model(f'core/{table}.sql')})")
+
+
+def snapshot_previous(con: duckdb.DuckDBPyConnection, site_id: str) -> None:
+    """The site's current landed records, kept aside to diff against the new snapshot."""
+    for dataset, columns in DELIVERED_COLUMNS.items():
+        keep = ", ".join(KEYS[dataset] + columns + ["transfer_id"])
+        con.execute(f"create or replace temp table previous_{dataset} as "
+                    f"select {keep} from core.{dataset} where site_id = ?", [site_id])
+
+
+def record_changes(con: duckdb.DuckDBPyConnection, source: str, transfer_id: str) -> None:
+    """ops.changes between the previous and the new landed state (DTS §2.1): an UPDATE per record
+    and column whose value differs, a DELETE per record that left, an INSERT per record that came.
+    Nothing is logged for a source's first landed transfer."""
+    if not con.execute("select count(*) from ops.transfers where source = ? and status = 'LANDED'",
+                       [source]).fetchone()[0]:
+        return
+    for dataset, columns in DELIVERED_COLUMNS.items():
+        key = KEYS[dataset]
+        record_key = "concat_ws('|', " + ", ".join(key) + ")"
+        new = f"(select * from core.{dataset} where site_id = {quote_literal(source)})"
+        joined = " and ".join(f"old.{k} = new.{k}" for k in key)
+        updates = "\nunion all\n".join(
+            f"select {record_key} as record_key, '{c}' as column_name, "
+            f"old.{c}::varchar as old_value, new.{c}::varchar as new_value, old.transfer_id as old_transfer_id "
+            f"from previous_{dataset} as old join {new} as new using ({', '.join(key)}) "
+            f"where old.{c} is distinct from new.{c}"
+            for c in columns)
+        con.execute(f"""
+            insert into ops.changes
+            select ?, ?, record_key, column_name, old_value, new_value, 'UPDATE', old_transfer_id, ?
+            from ({updates})""", [source, dataset, transfer_id])
+        con.execute(f"""
+            insert into ops.changes
+            select ?, ?, {record_key}, null, null, null, 'DELETE', old.transfer_id, ?
+            from previous_{dataset} as old
+            where not exists (select 1 from {new} as new where {joined})""", [source, dataset, transfer_id])
+        con.execute(f"""
+            insert into ops.changes
+            select ?, ?, {record_key}, null, null, null, 'INSERT', null, ?
+            from {new} as new
+            where not exists (select 1 from previous_{dataset} as old where {joined})""",
+                    [source, dataset, transfer_id])
+
+
+def record_quarantine(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, run_id: str) -> None:
+    transfer = processed.transfer
+    for load in processed.loads:
+        con.execute(f"""
+            insert into ops.quarantine by name
+            select ? as source, ? as transfer_id, ? as dataset, ? as source_file, source_row, subject_id,
+                   column_name, value, reason_code,
+                   format('{{}} line {{}}{{}}: {{}}', ?, coalesce(source_row::varchar, '?'),
+                          case when column_name is null then '' else ', column ' || column_name end,
+                          {REASON_TEXT}) as message,
+                   ? as run_id
+            from quarantine_{load.dataset}
+            order by source_row""",
+                    [transfer.source.source_id, transfer.transfer_id, load.dataset, load.source_file,
+                     load.source_file, run_id])
+        con.execute("insert into ops.loads values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [transfer.source.source_id, transfer.transfer_id, load.dataset, load.source_file,
+                     load.delivered, load.landed, load.quarantined, load.duplicates_collapsed, run_id])
+
+
+def merge_flags(con: duckdb.DuckDBPyConnection, site_id: str, transfer_id: str) -> None:
+    """The site's flags now: still there keeps its id and first sighting; gone is closed."""
+    con.execute(f"create or replace temp table current_flags as {read_model('ops/current_flags.sql')}")
+    con.execute("""
+        update ops.flags as flags
+        set status = 'OPEN', last_seen_transfer = ?, closed_transfer = null, message = current.message
+        from current_flags as current
+        where flags.flag_id = current.flag_id""", [transfer_id])
+    con.execute("""
+        update ops.flags set status = 'CLOSED', closed_transfer = ?
+        where site_id = ? and status = 'OPEN' and flag_id not in (select flag_id from current_flags)""",
+                [transfer_id, site_id])
+    con.execute("""
+        insert into ops.flags
+        select flag_id, flag_type, site_id, subject_id, visit, dataset, detail, message, 'OPEN', ?, ?, null
+        from current_flags
+        where flag_id not in (select flag_id from ops.flags)""", [transfer_id, transfer_id])
+
+
+def record_transfer(con: duckdb.DuckDBPyConnection, *, source: str, transfer_id: str, format: str | None,
+                    status: str, reason: str | None, warnings: list[str], run_id: str,
+                    manifest_sha256: str | None = None, files: dict | None = None) -> None:
+    """The transfer's receipt; a PENDING receipt is replaced once the transfer is processed."""
+    now = datetime.now(UTC)
+    con.execute("delete from ops.transfers where source = ? and transfer_id = ? and status = 'PENDING'",
+                [source, transfer_id])
+    con.execute("insert into ops.transfers values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [source, transfer_id, format, status, reason, json.dumps(warnings), run_id,
+                 now if status == "LANDED" else None, now, manifest_sha256,
+                 json.dumps(files, sort_keys=True) if files is not None else None])
+
+
+def land_transfer(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, run_id: str) -> None:
+    """All of the transfer or none of it."""
+    transfer = processed.transfer
+    site_id = transfer.source.source_id
+    set_variables(con, {"site_id": site_id, "transfer_id": transfer.transfer_id})
+    con.execute("begin transaction")
+    try:
+        snapshot_previous(con, site_id)
+        replace_core(con, site_id)
+        record_changes(con, site_id, transfer.transfer_id)
+        record_quarantine(con, processed, run_id)
+        merge_flags(con, site_id, transfer.transfer_id)
+        record_transfer(con, source=site_id, transfer_id=transfer.transfer_id, format=transfer.format,
+                        status="LANDED", reason=None, warnings=processed.warnings, run_id=run_id,
+                        manifest_sha256=transfer.manifest_sha256,
+                        files={f.name: f.sha256 for f in transfer.files.values()})
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+
+
+def publish_parquet(con: duckdb.DuckDBPyConnection, warehouse: Path, site_id: str, tables: tuple[str, ...]) -> None:
+    """The site's partition of every core table, written beside and then switched in."""
+    for table in tables:
+        target = warehouse / "parquet" / "core" / table / f"site_id={site_id}"
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        con.execute(f"copy (select * exclude (site_id) from core.{table} where site_id = {quote_literal(site_id)}) "
+                    f"to {quote_literal(str(staging / 'data.parquet'))} (format parquet, compression zstd)")
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""One verified transfer through read → conform → validate, ready to land.
+
+Plain functions over a DuckDB connection, callable without Prefect. The transfer's records end
+in two temporary tables per dataset: `valid_<dataset>` (what lands) and `quarantine_<dataset>`
+(what does not, one reason each). A `Rejected` raised anywhere means nothing of it may land.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from flows.conform import collapse_select, conform_select, quote_ident
+from flows.read import ROW, ReadFile, inspect_file, load_file
+from flows.validate import (
+    conflicting_duplicates_sql,
+    malformed_findings,
+    quarantine_select,
+    run_model,
+    unknown_subject_sql,
+    unparseable_sql,
+)
+from flows.verify import Rejected, VerifiedTransfer
+from flows.warehouse import create_valid_tables
+from schemas.datasets import DATASETS, Dataset
+
+QUARANTINE_SCHEMA = pa.schema([("source_row", pa.int64()), ("reason_code", pa.string()),
+                               ("column_name", pa.string()), ("value", pa.string()), ("detail", pa.string()),
+                               ("conformed_column", pa.string()), ("subject_id", pa.string())])
+
+
+@dataclass
+class DatasetLoad:
+    dataset: str
+    source_file: str
+    delivered: int
+    landed: int
+    quarantined: int
+    duplicates_collapsed: int
+    quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def balanced(self) -> bool:
+        return self.landed + self.quarantined + self.duplicates_collapsed == self.delivered
+
+
+@dataclass
+class ProcessedTransfer:
+    transfer: VerifiedTransfer
+    loads: list[DatasetLoad]
+    warnings: list[str]
+    seconds: dict[str, float]
+
+
+def expected_rows(transfer: VerifiedTransfer, file_name: str) -> int:
+    rows = transfer.files[file_name].rows
+    if not isinstance(rows, int):
+        raise Rejected(f"manifest rows of {file_name} must be a number for a CSV file")
+    return rows
+
+
+def inspect_files(transfer: VerifiedTransfer) -> dict[str, ReadFile]:
+    """Every dataset file's header, checked before any file is parsed."""
+    return {name: inspect_file(transfer.files[d.file].path, d, transfer.source) for name, d in DATASETS.items()}
+
+
+def header_warnings(files: dict[str, ReadFile]) -> list[str]:
+    warnings = []
+    for rf in files.values():
+        if rf.personal_data:
+            warnings.append(f"personal data received: {rf.path.name} held column(s) "
+                            f"{', '.join(rf.personal_data)}, dropped and never stored")
+        if rf.ignored:
+            warnings.append(f"{rf.path.name}: extra column(s) {', '.join(rf.ignored)} ignored")
+    return warnings
+
+
+def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer, rf: ReadFile,
+                     known_subjects: str | None) -> DatasetLoad:
+    """Conform and validate one loaded file; leaves `valid_<ds>` and `quarantine_<ds>` tables."""
+    dataset: Dataset = rf.dataset
+    ds = dataset.name
+    con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(rf.columns, f'raw_{ds}')}")
+    con.execute(f"create or replace temp table conf_{ds} as "
+                f"{conform_select(dataset, transfer.source, rf.columns, f'dedup_{ds}')}")
+    con.register(f"model_findings_{ds}", run_model(con, dataset, f"conf_{ds}"))
+    con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
+    con.execute(f"""
+        create or replace temp table findings_{ds} as
+        {unparseable_sql(dataset, f'conf_{ds}')}
+        union all select * from model_findings_{ds}
+        union all select * from ({unknown_subject_sql(f'conf_{ds}', transfer.source.source_id, known_subjects)})
+        union all select * from ({conflicting_duplicates_sql(dataset, f'conf_{ds}')})""")
+    con.execute(f"""
+        create or replace temp table quarantine_{ds} as
+        select * from ({quarantine_select(dataset, f'conf_{ds}', f'findings_{ds}')})
+        union all select * from malformed_{ds}""")
+    con.unregister(f"model_findings_{ds}")
+    con.unregister(f"malformed_{ds}")
+    columns = ", ".join(quote_ident(c.name) for c in dataset.columns)
+    con.execute(f"""
+        insert into valid_{ds}
+        select {columns}, null, ?, ?, ?, {ROW}
+        from conf_{ds}
+        where {ROW} not in (select source_row from quarantine_{ds} where source_row is not null)""",
+                [transfer.source.source_id, transfer.transfer_id, rf.path.name])
+    landed = con.execute(f"select count(*) from valid_{ds}").fetchone()[0]
+    collapsed = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone()[0]
+    by_reason = Counter(dict(con.execute(
+        f"select reason_code, count(*) from quarantine_{ds} group by 1").fetchall()))
+    load = DatasetLoad(ds, rf.path.name, rf.records, landed, sum(by_reason.values()), int(collapsed), by_reason)
+    if not load.balanced:
+        raise RuntimeError(f"{rf.path.name}: accounting does not balance ({load})")
+    return load
+
+
+def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> ProcessedTransfer:
+    """Read, conform and validate every dataset of a dts-csv transfer, participants first (the
+    others need to know which subjects land)."""
+    seconds: Counter[str] = Counter()
+    start = time.perf_counter()
+    files = inspect_files(transfer)
+    create_valid_tables(con)
+    for ds, rf in files.items():
+        load_file(con, rf, f"raw_{ds}")
+        if rf.records != expected_rows(transfer, rf.path.name):
+            raise Rejected(f"{rf.path.name} holds {rf.records} data rows; the manifest says "
+                           f"{expected_rows(transfer, rf.path.name)}")
+    seconds["read"] = time.perf_counter() - start
+    start = time.perf_counter()
+    loads = []
+    for ds, rf in files.items():
+        known = None if ds == "participants" else "valid_participants"
+        loads.append(validate_dataset(con, transfer, rf, known))
+    seconds["validate"] = time.perf_counter() - start
+    return ProcessedTransfer(transfer, loads, [*transfer.warnings, *header_warnings(files)], dict(seconds))
+
+
+def drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
+    """The transfer's temporary tables, so the next transfer starts clean and memory is freed."""
+    for ds in DATASETS:
+        for prefix in ("raw", "dedup", "conf", "findings", "quarantine"):
+            con.execute(f"drop table if exists {prefix}_{ds}")

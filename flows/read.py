@@ -1,0 +1,196 @@
+"""Stage 3 — read: a delivered CSV file, in its site's dialect, every column as text.
+
+Nothing is interpreted here, so nothing can be lost in parsing: values stay the exact strings
+the site sent, each record keeps the line it starts on, and personal-data and unknown columns
+are never read into memory at all. Files stream through Arrow in batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from flows.registry import Source
+from flows.verify import Rejected, text_encoding
+from schemas.datasets import PERSONAL_DATA_COLUMNS, Dataset
+
+ROW = "_row"
+BLOCK_SIZE = 16 << 20
+HEADER_PEEK = 1 << 16
+
+
+@dataclass(frozen=True)
+class MalformedRecord:
+    """A record whose field count differs from the header: quarantined as UNPARSEABLE."""
+
+    line: int
+    fields: int
+    expected: int
+
+
+@dataclass
+class ReadFile:
+    """A delivered file, ready to stream: which columns it holds and what was set aside."""
+
+    dataset: Dataset
+    path: Path
+    columns: list[str]  # delivered columns the dataset knows, in file order
+    personal_data: list[str]
+    ignored: list[str]
+    encoding: str
+    delimiter: str
+    malformed: list[MalformedRecord] = field(default_factory=list)
+    records: int = 0  # data records delivered, malformed ones included; known once streamed
+    needs_exact_lines: bool = False
+    error: str | None = None
+
+
+def read_header(path: Path, encoding: str, delimiter: str) -> list[str]:
+    with open(path, "rb") as fh:
+        head = fh.read(HEADER_PEEK)
+    text = head.decode(encoding, errors="strict") if len(head) < HEADER_PEEK else head.decode(
+        encoding, errors="ignore")
+    try:
+        return next(csv.reader(io.StringIO(text), delimiter=delimiter))
+    except StopIteration:
+        raise Rejected(f"{path.name} is empty: it has no header") from None
+
+
+def inspect_file(path: Path, dataset: Dataset, source: Source) -> ReadFile:
+    """Check a file's header against its dataset; reject what cannot be read as that dataset."""
+    encoding = text_encoding(source, path.name) or "utf-8"
+    delimiter = source.delimiter or ","
+    header = read_header(path, encoding, delimiter)
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise Rejected(f"{path.name}: column {name!r} appears twice in the header")
+        seen.add(name)
+    wanted = {c.name for c in dataset.columns} | {alt for alt, _ in dataset.alternatives.values()}
+    for column in dataset.header_required:
+        alternative = dataset.alternatives.get(column, (None, 0.0))[0]
+        if column not in seen and alternative not in seen:
+            also = f" (or {alternative})" if alternative else ""
+            raise Rejected(f"{path.name} lacks the required column {column}{also}")
+    return ReadFile(
+        dataset=dataset,
+        path=path,
+        columns=[c for c in header if c in wanted],
+        personal_data=[c for c in header if c.lower() in PERSONAL_DATA_COLUMNS],
+        ignored=[c for c in header if c not in wanted and c.lower() not in PERSONAL_DATA_COLUMNS],
+        encoding=encoding,
+        delimiter=delimiter,
+    )
+
+
+def count_newlines(path: Path) -> tuple[int, bool]:
+    """Newline characters in the file, and whether it ends with one."""
+    count, last = 0, b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BLOCK_SIZE):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count, last == b"\n"
+
+
+def _schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([(c, pa.string()) for c in columns] + [(ROW, pa.int64())])
+
+
+def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
+    """Arrow's CSV reader, multi-threaded and streaming. Line numbers are exact only when every
+    record sits on one line; a malformed record stops it, and the caller falls back."""
+    malformed: list[int] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        malformed.append(row.actual_columns)
+        return "skip"
+
+    reader = pacsv.open_csv(
+        rf.path,
+        read_options=pacsv.ReadOptions(encoding=rf.encoding, block_size=BLOCK_SIZE),
+        parse_options=pacsv.ParseOptions(delimiter=rf.delimiter, newlines_in_values=True,
+                                         invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(rf.columns, pa.string()),
+            include_columns=rf.columns,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    line = 2  # the header is line 1
+    for batch in reader:
+        if malformed:
+            rf.needs_exact_lines = True
+            return
+        yield pa.RecordBatch.from_arrays(
+            [*batch.columns, pa.array(range(line, line + batch.num_rows), pa.int64())], schema=_schema(rf.columns))
+        line += batch.num_rows
+    rf.needs_exact_lines = bool(malformed)
+    rf.records = line - 2
+
+
+def _stream_exact(rf: ReadFile, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+    """Python's csv reader: exact starting lines for multi-line records, blank lines and
+    records with the wrong number of fields (those become malformed records)."""
+    rf.malformed.clear()
+    with open(rf.path, encoding=rf.encoding, newline="") as fh:
+        reader = csv.reader(fh, delimiter=rf.delimiter)
+        header = next(reader)
+        index = [header.index(c) for c in rf.columns]
+        buffers: list[list[str]] = [[] for _ in rf.columns]
+        lines: list[int] = []
+        records = 0
+        previous_end = reader.line_num
+        for record in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if not record:
+                continue  # a blank line is not a record
+            records += 1
+            if len(record) != len(header):
+                rf.malformed.append(MalformedRecord(start, len(record), len(header)))
+                continue
+            for buf, i in zip(buffers, index, strict=True):
+                buf.append(record[i])
+            lines.append(start)
+            if len(lines) >= batch_rows:
+                yield _batch(rf, buffers, lines)
+                buffers, lines = [[] for _ in rf.columns], []
+        yield _batch(rf, buffers, lines)
+    rf.records = records
+
+
+def _batch(rf: ReadFile, buffers: list[list[str]], lines: list[int]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([*(pa.array(b, pa.string()) for b in buffers), pa.array(lines, pa.int64())],
+                                      schema=_schema(rf.columns))
+
+
+def _guarded(rf: ReadFile, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Keep a read error for the caller: raised inside a scan, it would come back wrapped."""
+    try:
+        yield from batches
+    except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error) as exc:
+        rf.error = f"{rf.path.name} cannot be read as CSV in the declared dialect ({rf.encoding}, " \
+                   f"delimiter {rf.delimiter!r}): {exc}"
+
+
+def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
+    """Stream the file into a DuckDB table of text columns plus `_row`, the line each record
+    starts on. One pass in the usual case; a second, exact pass only for files whose records
+    span lines or break the header's shape."""
+    newlines, trailing = count_newlines(rf.path)
+    physical_lines = newlines + (0 if trailing else 1)
+    reader = pa.RecordBatchReader.from_batches(_schema(rf.columns), _guarded(rf, _stream_fast(rf)))
+    con.execute(f"create or replace temp table {table} as select * from reader")
+    if rf.error is None and (rf.needs_exact_lines or rf.records + 1 != physical_lines):
+        reader = pa.RecordBatchReader.from_batches(_schema(rf.columns), _guarded(rf, _stream_exact(rf)))
+        con.execute(f"create or replace temp table {table} as select * from reader")
+    if rf.error is not None:
+        raise Rejected(rf.error)

@@ -1,0 +1,208 @@
+"""The blinded warehouse `kap.duckdb`: connection, tables of the contract, study metadata.
+
+`ops` tables are declared here; `core` tables take their shape from the SQL models in `sql/`
+(one model per file), and `ref` holds the study metadata of `schemas/` for SQL to join.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+from flows.conform import SQL_TYPES, quote_ident
+from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
+from schemas.datasets import DATASETS, instruments, visits
+
+DATABASE = "kap.duckdb"
+CORE_TABLES = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
+MARTS = ("enrollment", "data_quality")
+
+OPS_DDL = """
+create schema if not exists core;
+create schema if not exists ops;
+create schema if not exists marts;
+create schema if not exists ref;
+create table if not exists ops.transfers (
+    source varchar not null,
+    transfer_id varchar not null,
+    format varchar,
+    status varchar not null,
+    reason varchar,
+    warnings varchar, -- JSON array of the receipt's warnings
+    run_id varchar,
+    landed_at timestamptz,
+    recorded_at timestamptz not null,
+    manifest_sha256 varchar,
+    files varchar,
+);
+create table if not exists ops.loads (
+    source varchar not null,
+    transfer_id varchar not null,
+    dataset varchar not null,
+    source_file varchar,
+    delivered bigint not null,
+    landed bigint not null,
+    quarantined bigint not null,
+    duplicates_collapsed bigint not null,
+    run_id varchar,
+);
+create table if not exists ops.quarantine (
+    source varchar not null,
+    transfer_id varchar not null,
+    dataset varchar not null,
+    source_file varchar not null,
+    source_row bigint,
+    subject_id varchar,
+    column_name varchar,
+    value varchar,
+    reason_code varchar not null,
+    message varchar not null,
+    run_id varchar,
+);
+create table if not exists ops.flags (
+    flag_id varchar primary key,
+    flag_type varchar not null,
+    site_id varchar not null,
+    subject_id varchar,
+    visit varchar,
+    dataset varchar,
+    detail varchar,
+    message varchar,
+    status varchar not null,
+    first_seen_transfer varchar not null,
+    last_seen_transfer varchar not null,
+    closed_transfer varchar,
+);
+create table if not exists ops.changes (
+    source varchar not null,
+    dataset varchar not null,
+    record_key varchar not null,
+    column_name varchar,
+    old_value varchar,
+    new_value varchar,
+    change_type varchar not null,
+    old_transfer_id varchar,
+    new_transfer_id varchar not null,
+);
+create table if not exists ops.runs (
+    run_id varchar primary key,
+    started_at timestamptz not null,
+    finished_at timestamptz,
+    status varchar not null,
+    transfers_seen bigint,
+    transfers_landed bigint,
+    transfers_rejected bigint,
+    transfers_pending bigint,
+    rows_delivered bigint,
+    rows_landed bigint,
+    rows_quarantined bigint,
+    seconds_read double,
+    seconds_validate double,
+    seconds_land double,
+    seconds_derive double,
+    message varchar,
+);
+"""
+
+
+def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = warehouse / DATABASE
+    if read_only and not path.exists():
+        raise FileNotFoundError(f"no warehouse at {path}: run `kaptrial ingest` first")
+    warehouse.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
+
+
+def read_model(path: str) -> str:
+    """The SQL of one model file, e.g. `core/sessions.sql`."""
+    return (SQL_DIR / path).read_text(encoding="utf-8")
+
+
+def study_parameters() -> dict[str, Any]:
+    with open(SCHEMAS_DIR / "study.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def set_variables(con: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        con.execute(f"set variable {name} = $value", {"value": value})
+
+
+def load_reference(con: duckdb.DuckDBPyConnection) -> None:
+    """Study metadata as `ref` tables and session variables, refreshed every run."""
+    study = study_parameters()
+    _replace(con, "ref.visits", ["visit", "kind", "anchor", "target", "window_min", "window_max"],
+             [(v, s["kind"], s["anchor"], s["target"], s["window_min"], s["window_max"])
+              for v, s in visits().items()],
+             "varchar, varchar, varchar, integer, integer, integer")
+    _replace(con, "ref.instruments", ["instrument", "items", "item_min", "item_max", "has_total", "rater_required"],
+             [(i, s["items"], s["item_min"], s["item_max"], s["has_total"], s["rater_required"])
+              for i, s in instruments().items()],
+             "varchar, integer, integer, integer, boolean, boolean")
+    _replace(con, "ref.instrument_visits", ["instrument", "visit"],
+             [(i, v) for i, s in instruments().items() for v in s["visits"]], "varchar, varchar")
+    _replace(con, "ref.dose_ranges", ["route", "basis", "min", "max", "infusion_min", "infusion_max"],
+             [(r, s["basis"], s["min"], s["max"], s.get("infusion_min"), s.get("infusion_max"))
+              for r, s in study["dose_ranges"].items()],
+             "varchar, varchar, double, double, integer, integer")
+    _replace(con, "ref.safety_items", ["instrument", "item", "min_score"],
+             [(s["instrument"], s["item"], s["min_score"]) for s in study["safety_items"]],
+             "varchar, integer, integer")
+    with open(SCHEMAS_DIR / "ae_terms.csv", encoding="utf-8", newline="") as fh:
+        terms = [(r["verbatim"].strip().casefold(), r["verbatim"], r["preferred_term"], r["body_system"])
+                 for r in csv.DictReader(fh)]
+    _replace(con, "ref.ae_terms", ["verbatim_key", "verbatim", "preferred_term", "body_system"], terms,
+             "varchar, varchar, varchar, varchar")
+    set_variables(con, {
+        "age_at_consent_min": study["age_at_consent"]["min"],
+        "age_at_consent_max": study["age_at_consent"]["max"],
+        "cssrs_ideation_items": study["cssrs_ideation_items"],
+        **{k: v for k, v in study["safety_vitals"].items()},
+        "response_pct_reduction": study["endpoints"]["response_pct_reduction"],
+        "remission_max_total": study["endpoints"]["remission_max_total"],
+    })
+
+
+def _replace(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
+             types: str) -> None:
+    typed = ", ".join(f"{quote_ident(c)} {t.strip()}" for c, t in zip(columns, types.split(","), strict=True))
+    con.execute(f"create or replace table {table} ({typed})")
+    rows = list(rows)
+    if rows:
+        con.executemany(f"insert into {table} values ({', '.join('?' * len(columns))})", rows)
+
+
+def create_valid_tables(con: duckdb.DuckDBPyConnection, suffix: str = "") -> None:
+    """Empty `valid_<dataset>` tables: the shape validation hands to the staging models."""
+    for dataset in DATASETS.values():
+        columns = ", ".join(f"{quote_ident(c.name)} {SQL_TYPES[c.kind]}" for c in dataset.columns)
+        con.execute(f"create or replace temp table valid_{dataset.name}{suffix} ({columns}, form_status varchar, "
+                    "site_id varchar, transfer_id varchar, source_file varchar, source_row bigint)")
+
+
+def create_staging_views(con: duckdb.DuckDBPyConnection) -> None:
+    for dataset in DATASETS:
+        con.execute(f"create or replace temp view stg_{dataset} as {read_model(f'staging/stg_{dataset}.sql')}")
+
+
+def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
+    """Every table of the contract exists, empty if nothing has landed yet."""
+    con.execute(OPS_DDL)
+    load_reference(con)
+    create_valid_tables(con)
+    create_staging_views(con)
+    set_variables(con, {"site_id": "", "transfer_id": ""})
+    for table in CORE_TABLES:
+        con.execute(f"create table if not exists core.{table} as select * from ({read_model(f'core/{table}.sql')}) "
+                    "limit 0")
+    build_marts(con)
+
+
+def build_marts(con: duckdb.DuckDBPyConnection) -> None:
+    for mart in MARTS:
+        con.execute(f"create or replace table marts.{mart} as {read_model(f'marts/{mart}.sql')}")

@@ -1,0 +1,58 @@
+-- marts.data_quality: one row per site and dataset of the current snapshot: what was delivered,
+-- landed, quarantined (in all and by reason), collapsed as identical duplicates, and open flags.
+with current_transfers as (
+    select source, transfer_id
+    from ops.transfers
+    where status = 'LANDED'
+    qualify row_number() over (partition by source order by transfer_id desc) = 1
+),
+
+loads as (
+    select loads.*
+    from ops.loads as loads
+    join current_transfers using (source, transfer_id)
+),
+
+quarantine_by_reason as (
+    select
+        quarantine.source,
+        quarantine.dataset,
+        count(*) filter (where reason_code = 'UNPARSEABLE') as quarantined_unparseable,
+        count(*) filter (where reason_code = 'MISSING_REQUIRED') as quarantined_missing_required,
+        count(*) filter (where reason_code = 'OUT_OF_RANGE') as quarantined_out_of_range,
+        count(*) filter (where reason_code = 'UNKNOWN_SUBJECT') as quarantined_unknown_subject,
+        count(*) filter (where reason_code = 'CONFLICTING_DUPLICATE') as quarantined_conflicting_duplicate,
+        count(*) filter (where reason_code = 'INVALID_VISIT') as quarantined_invalid_visit,
+        count(*) filter (where reason_code = 'INCONSISTENT') as quarantined_inconsistent,
+    from ops.quarantine as quarantine
+    join current_transfers using (source, transfer_id)
+    group by all
+),
+
+open_flags as (
+    select site_id, dataset, count(*) as open_flags
+    from ops.flags
+    where status = 'OPEN'
+    group by all
+)
+
+select
+    loads.source as site_id,
+    loads.dataset,
+    loads.transfer_id,
+    loads.delivered,
+    loads.landed,
+    loads.quarantined,
+    loads.duplicates_collapsed,
+    coalesce(quarantine_by_reason.quarantined_unparseable, 0) as quarantined_unparseable,
+    coalesce(quarantine_by_reason.quarantined_missing_required, 0) as quarantined_missing_required,
+    coalesce(quarantine_by_reason.quarantined_out_of_range, 0) as quarantined_out_of_range,
+    coalesce(quarantine_by_reason.quarantined_unknown_subject, 0) as quarantined_unknown_subject,
+    coalesce(quarantine_by_reason.quarantined_conflicting_duplicate, 0) as quarantined_conflicting_duplicate,
+    coalesce(quarantine_by_reason.quarantined_invalid_visit, 0) as quarantined_invalid_visit,
+    coalesce(quarantine_by_reason.quarantined_inconsistent, 0) as quarantined_inconsistent,
+    coalesce(open_flags.open_flags, 0) as open_flags,
+from loads
+left join quarantine_by_reason using (source, dataset)
+left join open_flags on open_flags.site_id = loads.source and open_flags.dataset = loads.dataset
+order by site_id, dataset
