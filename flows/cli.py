@@ -11,11 +11,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-import flows  # noqa: F401 — offline settings first
 import typer
 from rich.console import Console
 from rich.table import Table
 
+import flows  # noqa: F401 — offline settings first
 from flows.settings import DEFAULT_WAREHOUSE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="KAP-TRD-01 data platform.")

@@ -11,12 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
-
-import flows  # noqa: F401 — offline settings before Prefect is imported
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
+import flows  # noqa: F401 — offline settings before Prefect is imported
 from flows.discover import TransferRef, discover_transfers
 from flows.ingest import (
     RunSummary,

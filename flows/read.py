@@ -7,6 +7,7 @@ are never read into memory at all. Files stream through Arrow in batches.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterator
@@ -113,9 +114,11 @@ def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
         malformed.append(row.actual_columns)
         return "skip"
 
+    # Arrow decodes UTF-8 natively (skipping a byte-order mark); other codecs go through Python.
+    native = codecs.lookup(rf.encoding).name in ("utf-8", "utf-8-sig")
     reader = pacsv.open_csv(
         rf.path,
-        read_options=pacsv.ReadOptions(encoding=rf.encoding, block_size=BLOCK_SIZE),
+        read_options=pacsv.ReadOptions(encoding="utf8" if native else rf.encoding, block_size=BLOCK_SIZE),
         parse_options=pacsv.ParseOptions(delimiter=rf.delimiter, newlines_in_values=True,
                                          invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
@@ -181,16 +184,23 @@ def _guarded(rf: ReadFile, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Rec
                    f"delimiter {rf.delimiter!r}): {exc}"
 
 
+def _create_from(con: duckdb.DuckDBPyConnection, table: str, reader: pa.RecordBatchReader) -> None:
+    con.register(f"{table}_stream", reader)
+    try:
+        con.execute(f"create or replace temp table {table} as select * from {table}_stream")
+    finally:
+        con.unregister(f"{table}_stream")
+
+
 def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
     """Stream the file into a DuckDB table of text columns plus `_row`, the line each record
     starts on. One pass in the usual case; a second, exact pass only for files whose records
     span lines or break the header's shape."""
     newlines, trailing = count_newlines(rf.path)
     physical_lines = newlines + (0 if trailing else 1)
-    reader = pa.RecordBatchReader.from_batches(_schema(rf.columns), _guarded(rf, _stream_fast(rf)))
-    con.execute(f"create or replace temp table {table} as select * from reader")
+    schema = _schema(rf.columns)
+    _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_fast(rf))))
     if rf.error is None and (rf.needs_exact_lines or rf.records + 1 != physical_lines):
-        reader = pa.RecordBatchReader.from_batches(_schema(rf.columns), _guarded(rf, _stream_exact(rf)))
-        con.execute(f"create or replace temp table {table} as select * from reader")
+        _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_exact(rf))))
     if rf.error is not None:
         raise Rejected(rf.error)

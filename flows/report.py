@@ -62,7 +62,8 @@ def _table(con: duckdb.DuckDBPyConnection, title: str, query: str) -> Table:
 def print_status(con: duckdb.DuckDBPyConnection, console: Console) -> None:
     console.print(_table(con, "Transfers", """
         select source, transfer_id, status, coalesce(reason, '') as reason,
-               json_array_length(coalesce(warnings, '[]')) as warnings, strftime(recorded_at, '%Y-%m-%d %H:%M') as recorded
+               json_array_length(coalesce(warnings, '[]')) as warnings,
+               strftime(recorded_at, '%Y-%m-%d %H:%M') as recorded
         from ops.transfers order by source, transfer_id"""))
     console.print(_table(con, "Last runs", """
         select run_id, strftime(started_at, '%Y-%m-%d %H:%M:%S') as started, status, transfers_landed as landed,

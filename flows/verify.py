@@ -145,7 +145,8 @@ def hash_and_decode(path: Path, encoding: str | None) -> str:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
-            raise Rejected(f"{path.name} cannot be decoded as {encoding}: truncated at the end ({exc.reason})") from None
+            raise Rejected(f"{path.name} cannot be decoded as {encoding}: "
+                           f"truncated at the end ({exc.reason})") from None
     return digest.hexdigest()
 
 

@@ -1,0 +1,45 @@
+# KAP-TRD-01 data platform. `make demo` and `make test` do all the set-up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+DEMO_INBOX ?= demo/inbox
+WAREHOUSE ?= warehouse
+PARTICIPANTS ?= 30
+
+# Offline hygiene: no telemetry, Prefect's home inside the project, patient server start-up.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export UV_COMPILE_BYTECODE := 1
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: env demo test lint bench clean-demo
+
+env: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@touch $@
+
+demo: env
+	$(BIN)/kaptrial generate --out $(DEMO_INBOX) --participants-per-site $(PARTICIPANTS)
+	$(BIN)/kaptrial ingest --inbox $(DEMO_INBOX) --warehouse $(WAREHOUSE)
+	@echo "Warehouse: $(CURDIR)/$(WAREHOUSE)/kap.duckdb — try: $(BIN)/kaptrial status --warehouse $(WAREHOUSE)"
+
+test: env
+	$(BIN)/python -m pytest -q
+
+lint: env
+	$(BIN)/ruff check flows schemas tests bench
+
+bench: env
+	$(BIN)/python bench/ingest.py
+
+clean-demo:
+	rm -rf demo
