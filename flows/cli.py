@@ -20,7 +20,7 @@ from flows.settings import DEFAULT_WAREHOUSE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="KAP-TRD-01 data platform.")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 WarehouseOption = Annotated[Path, typer.Option("--warehouse", "-w", help="Warehouse folder.")]
 
@@ -59,7 +59,16 @@ def ingest(
     from flows.ingest_transfers import ingest_transfers
     from flows.report import print_summary
 
+    from flows.registry import load_registry
+
     only = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
+    # Usage errors are answered before Prefect starts.
+    if not inbox.is_dir():
+        err.print(f"[red]inbox {inbox} is not a folder[/]")
+        raise typer.Exit(2)
+    if only and (unknown := set(only) - set(load_registry())):
+        err.print(f"[red]unknown source(s) {', '.join(sorted(unknown))}[/] (see schemas/sources.yaml)")
+        raise typer.Exit(2)
     try:
         summary = ingest_transfers(inbox=str(inbox), warehouse=str(warehouse), sources=only)
     except WarehouseBusy as busy:

@@ -54,14 +54,13 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
     only = set(sources) if sources else None
     if only and (unknown := only - set(registry)):
         raise ValueError(f"unknown source(s) {', '.join(sorted(unknown))}; registered: {', '.join(registry)}")
-    summary = RunSummary(run_id or new_run_id(), str(inbox), str(warehouse), utc_now())
+    discovery = discover_transfers(inbox, registry, only)
+    summary = RunSummary(run_id or new_run_id(), str(inbox), str(warehouse), utc_now(), warnings=discovery.warnings)
     with writer_lock(warehouse):
         con = connect(warehouse)
         try:
             init_warehouse(con)
             start_run(con, summary)
-            discovery = discover_transfers(inbox, registry, only)
-            summary.warnings += discovery.warnings
             try:
                 for ref in discovery.transfers:
                     summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))

@@ -1,0 +1,210 @@
+"""The ingest of tiny hand-made transfers, end to end without Prefect (DTS §2.1, §6, §7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from flows import land as land_module
+from flows.ingest import WarehouseBusy, writer_lock
+from flows.ingest_transfers import run_ingest
+from flows.warehouse import connect
+from tests.helpers import dataset_file, dts_csv_files, header_of, record_text, source, write_transfer
+
+T1, T2, T3 = "20260601T020000Z", "20260701T020000Z", "20260801T020000Z"
+
+
+def query(warehouse: Path, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+    con = connect(warehouse, read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def s01_files(**datasets: list[dict[str, str]]) -> dict[str, bytes]:
+    """The five S01 files: a good record each, with the given datasets' rows replaced."""
+    src = source("S01")
+    files = dts_csv_files(src)
+    for name, rows in datasets.items():
+        files[{"assessment_items": "assessments.csv"}.get(name, f"{name}.csv")] = dataset_file(name, src, rows)
+    return files
+
+
+def statuses(warehouse: Path) -> dict[str, str]:
+    return dict(query(warehouse, "select transfer_id, status from ops.transfers where source = 'S01'"))
+
+
+def test_a_transfer_lands_whole_with_lineage_and_every_row_accounted_for(tmp_path: Path) -> None:
+    src = source("S01")
+    vitals = [record_text("vitals", src), record_text("vitals", src, timepoint="T40", sbp="400"),
+              record_text("vitals", src, timepoint="T120"), record_text("vitals", src, timepoint="T120")]
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(vitals=vitals))
+    summary = run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert [r.status for r in summary.receipts] == ["LANDED"]
+    loads = query(tmp_path / "wh", "select dataset, delivered, landed, quarantined, duplicates_collapsed "
+                                   "from ops.loads order by dataset")
+    assert ("vitals", 4, 2, 1, 1) in loads
+    assert all(delivered == landed + quarantined + collapsed for _, delivered, landed, quarantined, collapsed in loads)
+    assert query(tmp_path / "wh", "select timepoint, transfer_id, source_file, source_row from core.vitals "
+                                  "order by source_row") == [("PRE", T1, "vitals.csv", 2), ("T120", T1, "vitals.csv", 4)]
+
+
+def test_a_quarantine_record_names_file_line_column_value_and_reason(tmp_path: Path) -> None:
+    src = source("S01")
+    participants = [record_text("participants", src, weight_kg="7o.5")]
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(participants=participants))
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    rows = query(tmp_path / "wh", "select dataset, source_file, source_row, column_name, value, reason_code, message "
+                                  "from ops.quarantine order by dataset")
+    assert rows[0][:6] == ("adverse_events", "adverse_events.csv", 2, "subject_id", "S01-0001", "UNKNOWN_SUBJECT")
+    participant = next(r for r in rows if r[0] == "participants")
+    assert participant[:6] == ("participants", "participants.csv", 2, "weight_kg", "7o.5", "UNPARSEABLE")
+    assert participant[6] == "participants.csv line 2, column weight_kg: '7o.5' cannot be read as a decimal"
+    # a participant who does not land takes every record of theirs along (DTS §6)
+    assert {r[5] for r in rows if r[0] != "participants"} == {"UNKNOWN_SUBJECT"}
+
+
+def test_a_record_keeps_the_first_reason_in_dts_order(tmp_path: Path) -> None:
+    src = source("S01")
+    vitals = [record_text("vitals", src, sbp="abc", dbp="400"),        # UNPARSEABLE before OUT_OF_RANGE
+              record_text("vitals", src, timepoint="T40", visit="W1", sbp="120", dbp="130")]  # INVALID_VISIT first
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(vitals=vitals))
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert query(tmp_path / "wh", "select source_row, column_name, reason_code from ops.quarantine "
+                                  "where dataset = 'vitals' order by 1") == [
+        (2, "sbp", "UNPARSEABLE"), (3, "visit", "INVALID_VISIT")]
+
+
+def test_conflicting_duplicates_are_all_quarantined_and_identical_ones_collapse(tmp_path: Path) -> None:
+    src = source("S01")
+    sessions = [record_text("sessions", src), record_text("sessions", src),
+                record_text("sessions", src, duration_min="90")]
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(sessions=sessions))
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert query(tmp_path / "wh", "select source_row, column_name, reason_code from ops.quarantine "
+                                  "where dataset = 'sessions' order by 1") == [
+        (2, "duration_min", "CONFLICTING_DUPLICATE"), (4, "duration_min", "CONFLICTING_DUPLICATE")]
+    assert query(tmp_path / "wh", "select delivered, landed, quarantined, duplicates_collapsed from ops.loads "
+                                  "where dataset = 'sessions'") == [(3, 0, 2, 1)]
+
+
+def test_weight_in_pounds_lands_in_kilograms(tmp_path: Path) -> None:
+    src = source("S01")
+    header = [("weight_lb" if c == "weight_kg" else c) for c in header_of("participants")]
+    row = record_text("participants", src)
+    row["weight_lb"] = "154.0"
+    files = s01_files()
+    files["participants.csv"] = ",".join(header).encode() + b"\n" + ",".join(
+        row[c] for c in header).encode() + b"\n"
+    write_transfer(tmp_path / "inbox", "S01", T1, files)
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    (weight,), = query(tmp_path / "wh", "select weight_kg from core.participants")
+    assert weight == pytest.approx(154.0 * 0.45359237)
+
+
+def test_personal_data_columns_never_land_and_the_receipt_warns(tmp_path: Path) -> None:
+    src = source("S01")
+    header = [*header_of("participants"), "initials", "date_of_birth"]
+    row = record_text("participants", src) | {"initials": "Q.X.Z.", "date_of_birth": "1980-04-17"}
+    files = s01_files()
+    files["participants.csv"] = (",".join(header) + "\n" + ",".join(row[c] for c in header) + "\n").encode()
+    write_transfer(tmp_path / "inbox", "S01", T1, files)
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    (warnings,), = query(tmp_path / "wh", "select warnings from ops.transfers")
+    assert any("personal data" in w and "initials" in w for w in json.loads(warnings))
+    for path in (tmp_path / "wh").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"Q.X.Z." not in data and b"1980-04-17" not in data, path
+
+
+def test_a_rejected_transfer_leaves_the_previous_state_and_does_not_block_the_next(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh)
+    bad = write_transfer(inbox, "S01", T2, s01_files())
+    (bad.path / "vitals.csv").write_bytes((bad.path / "vitals.csv").read_bytes() + b"\n")  # checksum differs
+    summary = run_ingest(inbox, wh)
+    assert [(r.transfer_id, r.status) for r in summary.receipts if r.status != "SKIPPED"] == [(T2, "REJECTED")]
+    assert "vitals.csv: checksum differs" in summary.receipts[-1].reason
+    assert query(wh, "select distinct transfer_id from core.participants") == [(T1,)]
+    write_transfer(inbox, "S01", T3)
+    run_ingest(inbox, wh)
+    assert statuses(wh) == {T1: "LANDED", T2: "REJECTED", T3: "LANDED"}
+    assert query(wh, "select distinct transfer_id from core.participants") == [(T3,)]
+
+
+def test_a_pending_transfer_is_picked_up_once_its_manifest_arrives(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    ref = write_transfer(inbox, "S01", T1)
+    manifest = (ref.path / "manifest.json").read_bytes()
+    (ref.path / "manifest.json").unlink()
+    run_ingest(inbox, wh)
+    assert statuses(wh) == {T1: "PENDING"}
+    (ref.path / "manifest.json").write_bytes(manifest)
+    run_ingest(inbox, wh)
+    assert statuses(wh) == {T1: "LANDED"}
+
+
+def test_a_late_transfer_is_recorded_and_not_landed(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T2)
+    run_ingest(inbox, wh)
+    write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh)
+    assert statuses(wh) == {T1: "LATE", T2: "LANDED"}
+    assert query(wh, "select distinct transfer_id from core.participants") == [(T2,)]
+
+
+def test_a_second_run_with_nothing_new_changes_nothing(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh)
+    before = query(wh, "select count(*) from ops.quarantine union all select count(*) from ops.loads "
+                       "union all select count(*) from core.assessment_items union all select count(*) from ops.flags")
+    parquet = {p: p.stat().st_mtime_ns for p in (wh / "parquet").rglob("*.parquet")}
+    summary = run_ingest(inbox, wh)
+    assert [r.status for r in summary.receipts] == ["SKIPPED"]
+    assert query(wh, "select count(*) from ops.quarantine union all select count(*) from ops.loads "
+                     "union all select count(*) from core.assessment_items union all select count(*) from ops.flags"
+                 ) == before
+    assert {p: p.stat().st_mtime_ns for p in (wh / "parquet").rglob("*.parquet")} == parquet
+
+
+def test_a_failure_while_landing_rolls_the_whole_transfer_back(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T1)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(land_module, "merge_flags", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_ingest(inbox, wh)
+    assert query(wh, "select count(*) from core.participants union all select count(*) from ops.quarantine "
+                     "union all select count(*) from ops.transfers") == [(0,), (0,), (0,)]
+    assert query(wh, "select status from ops.runs") == [("FAILED",)]
+    monkeypatch.undo()
+    run_ingest(inbox, wh)
+    assert statuses(wh) == {T1: "LANDED"}
+
+
+def test_parquet_holds_each_sites_core_rows_partitioned_by_site(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T1)
+    write_transfer(inbox, "S02", T1)
+    run_ingest(inbox, wh)
+    rows = duckdb.sql(f"select site_id, subject_id from read_parquet('{wh}/parquet/core/participants/*/*.parquet', "
+                      "hive_partitioning=true) order by 1").fetchall()
+    assert rows == [("S01", "S01-0001"), ("S02", "S02-0001")]
+
+
+def test_one_writer_per_warehouse(tmp_path: Path) -> None:
+    write_transfer(tmp_path / "inbox", "S01", T1)
+    with writer_lock(tmp_path / "wh"), pytest.raises(WarehouseBusy, match="another ingest is writing"):
+        run_ingest(tmp_path / "inbox", tmp_path / "wh")
