@@ -57,9 +57,8 @@ def ingest(
     """
     from flows.ingest import WarehouseBusy
     from flows.ingest_transfers import ingest_transfers
-    from flows.report import print_summary
-
     from flows.registry import load_registry
+    from flows.report import print_summary
 
     only = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
     # Usage errors are answered before Prefect starts.

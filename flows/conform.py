@@ -10,7 +10,7 @@ must look like one, a decimal must use the site's separator, a date the site's f
 from __future__ import annotations
 
 from flows.read import ROW
-from flows.registry import Source
+from flows.registry import Source, date_shape
 from schemas.datasets import Column, Dataset
 
 RAW = "__raw"
@@ -46,7 +46,10 @@ def parse_expression(raw: str, column: Column, source: Source, factor: float = 1
         scaled = number if factor == 1.0 else f"{number} * {factor!r}"
         return f"case when regexp_full_match({raw}, {quote_literal(pattern)}) then {scaled} end"
     if column.kind == "date":
-        return f"cast(try_strptime({raw}, {quote_literal(source.date_format)}) as date)"
+        # DuckDB's strptime forgives spaces and missing zeros; the site's format is the contract.
+        shape = quote_literal(date_shape(source.date_format))
+        return (f"case when regexp_full_match({raw}, {shape}) "
+                f"then cast(try_strptime({raw}, {quote_literal(source.date_format)}) as date) end")
     if column.kind == "time":
         return (f"case when regexp_full_match({raw}, '[0-9]{{1,2}}:[0-9]{{2}}') "
                 f"then cast(try_strptime({raw}, '%H:%M') as time) end")

@@ -42,9 +42,11 @@ def discover_transfers(inbox: Path, sources: dict[str, Source], only: set[str] |
     for entry in sorted(inbox.iterdir()):
         if entry.name.startswith("."):
             continue
-        if not entry.is_dir() or entry.is_symlink():
-            if entry.is_dir():
-                warnings.append(f"{entry.name}: a symbolic link in the inbox is never followed")
+        if entry.is_symlink():
+            warnings.append(f"{entry.name}: a symbolic link in the inbox is never followed")
+            continue
+        if not entry.is_dir():
+            warnings.append(f"{entry.name}: a stray file at the top of the inbox; ignored")
             continue
         if entry.name not in sources:
             warnings.append(f"{entry.name}: not a registered source (schemas/sources.yaml); ignored")

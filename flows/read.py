@@ -56,12 +56,17 @@ class ReadFile:
 def read_header(path: Path, encoding: str, delimiter: str) -> list[str]:
     with open(path, "rb") as fh:
         head = fh.read(HEADER_PEEK)
-    text = head.decode(encoding, errors="strict") if len(head) < HEADER_PEEK else head.decode(
-        encoding, errors="ignore")
     try:
-        return next(csv.reader(io.StringIO(text), delimiter=delimiter))
+        # a peek may end inside a multi-byte character; the whole file is decoded by verify anyway
+        text = head.decode(encoding, errors="strict" if len(head) < HEADER_PEEK else "ignore")
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"{path.name} cannot be decoded as {encoding}: {exc.reason}") from None
+    try:
+        return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except StopIteration:
         raise Rejected(f"{path.name} is empty: it has no header") from None
+    except csv.Error as exc:
+        raise Rejected(f"{path.name}: the header cannot be read as CSV with delimiter {delimiter!r}: {exc}") from None
 
 
 def inspect_file(path: Path, dataset: Dataset, source: Source) -> ReadFile:
@@ -200,7 +205,10 @@ def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
     physical_lines = newlines + (0 if trailing else 1)
     schema = _schema(rf.columns)
     _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_fast(rf))))
-    if rf.error is None and (rf.needs_exact_lines or rf.records + 1 != physical_lines):
+    # Arrow cannot say where records start when they span lines, nor read some shapes that are
+    # valid CSV (a header without a final newline): Python's reader decides those.
+    if rf.error is not None or rf.needs_exact_lines or rf.records + 1 != physical_lines:
+        rf.error = None
         _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_exact(rf))))
     if rf.error is not None:
         raise Rejected(rf.error)

@@ -14,6 +14,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,23 @@ def check_identity(manifest: dict[str, Any], ref: TransferRef, source: Source) -
     if manifest.get("source") != ref.source:
         raise Rejected(f"manifest names source {manifest.get('source')!r} in the folder of {ref.source}")
     transfer_id = manifest.get("transfer_id")
-    if not isinstance(transfer_id, str) or not TRANSFER_ID.match(transfer_id):
-        raise Rejected(f"transfer_id {transfer_id!r} is not of the form YYYYMMDDTHHMMSSZ")
+    if not isinstance(transfer_id, str) or not is_transfer_id(transfer_id):
+        raise Rejected(f"transfer_id {transfer_id!r} is not a UTC time of the form YYYYMMDDTHHMMSSZ")
     if transfer_id != ref.folder:
         raise Rejected(f"folder {ref.folder} does not match the manifest's transfer_id {transfer_id}")
     if manifest.get("format") != source.format:
         raise Rejected(f"manifest format {manifest.get('format')!r} is not the registered format {source.format}")
     return transfer_id
+
+
+def is_transfer_id(value: str) -> bool:
+    if not TRANSFER_ID.match(value):
+        return False
+    try:
+        datetime.strptime(value, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def is_plain_name(name: Any) -> bool:
@@ -108,7 +119,8 @@ def check_listing(manifest: dict[str, Any], ref: TransferRef, source: Source) ->
             raise Rejected(f"manifest entry {name}: sha256 {entry['sha256']!r} is not a SHA-256 hex digest")
         rows = entry["rows"]
         valid_rows = (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0) or (
-            isinstance(rows, dict) and all(isinstance(v, int) and v >= 0 for v in rows.values()))
+            isinstance(rows, dict) and rows
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in rows.values()))
         if not valid_rows:
             raise Rejected(f"manifest entry {name}: rows {rows!r} is not a row count")
         path = ref.path / name
