@@ -97,24 +97,28 @@ def unknown_subject_sql(conformed: str, source_id: str, known_subjects: str | No
 
 
 def conflicting_duplicates_sql(dataset: Dataset, conformed: str) -> str:
-    """Records sharing a key with another, different record: all of them (DTS §6)."""
+    """Records sharing a key with another, different record: all of them (DTS §6). Identical
+    records were collapsed before, so any two left with one key differ somewhere."""
     key = ", ".join(quote_ident(k) for k in dataset.key)
     not_null = " and ".join(f"{quote_ident(k)} is not null" for k in dataset.key)
     others = [c.name for c in dataset.columns if c.name not in dataset.key]
     differing = " ".join(
         f"when count(distinct coalesce({quote_ident(c + RAW)}, '\x00')) > 1 then {quote_literal(c)}" for c in others)
     return f"""
-        with keyed as (
-            select {ROW}, {key} from {conformed} where {not_null}
+        with duplicated_keys as (
+            select {key} from {conformed} where {not_null} group by all having count(*) > 1
+        ),
+        duplicated as (
+            select * from {conformed} semi join duplicated_keys using ({key})
         ),
         conflicts as (
             select {key}, count(*) as copies, case {differing} else {quote_literal(dataset.key[-1])} end as column_name
-            from {conformed} where {not_null}
-            group by {key} having count(*) > 1
+            from duplicated
+            group by {key}
         )
-        select keyed.{ROW}, 'CONFLICTING_DUPLICATE', conflicts.column_name,
+        select duplicated.{ROW}, 'CONFLICTING_DUPLICATE', conflicts.column_name,
                conflicts.copies::varchar || ' records share this key'
-        from keyed join conflicts using ({key})"""
+        from duplicated join conflicts using ({key})"""
 
 
 def quarantine_select(dataset: Dataset, conformed: str, findings: str) -> str:
