@@ -9,7 +9,7 @@ must look like one, a decimal must use the site's separator, a date the site's f
 
 from __future__ import annotations
 
-from flows.read import ROW
+from flows.read import RECORD, ROW
 from flows.registry import Source, date_shape
 from schemas.datasets import Column, Dataset
 
@@ -59,9 +59,11 @@ def parse_expression(raw: str, column: Column, source: Source, factor: float = 1
 SQL_TYPES = {"text": "varchar", "integer": "bigint", "decimal": "double", "date": "date", "time": "time"}
 
 
-def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str) -> str:
-    """The `select` that turns the raw text table of one delivered file into conformed columns."""
-    parts = [ROW, "_copies"]
+def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
+                   passthrough: tuple[str, ...] = ()) -> str:
+    """The `select` that turns the raw text table of one delivered dataset into conformed columns.
+    `passthrough` columns (lineage a format adds, such as a REDCap form status) are kept as they are."""
+    parts = [RECORD, ROW, "_copies", *(quote_ident(c) for c in passthrough)]
     for column in dataset.columns:
         delivered_name, factor = column.name, 1.0
         if column.name not in delivered and column.name in dataset.alternatives:
@@ -84,7 +86,7 @@ def conform_select(dataset: Dataset, source: Source, delivered: list[str], table
 
 
 def collapse_select(delivered: list[str], table: str) -> str:
-    """Identical rows (every delivered column the dataset knows) collapse to their first line."""
+    """Identical records (every delivered column the dataset knows) collapse to their first one."""
     columns = ", ".join(quote_ident(c) for c in delivered)
-    return (f"select min({ROW}) as {ROW}, count(*) - 1 as _copies, {columns} "
+    return (f"select min({RECORD}) as {RECORD}, min({ROW}) as {ROW}, count(*) - 1 as _copies, {columns} "
             f"from {table} group by all")

@@ -5,8 +5,8 @@ The generator is the pipeline's test oracle. Every defect it injects is unambigu
 pipeline must quarantine, so an end-to-end test can compare the warehouse with the report exactly.
 
 Columns are built vectorised as dictionary-encoded strings (integer codes into a small list of labels):
-formatting, quoting and encoding then touch only the labels, and a file is one Arrow `take` and
-`binary_join_element_wise` per column, so 100 sites x 300 participants (~11 M item rows) stay fast.
+formatting, quoting and encoding then touch only the labels, and a file is one Arrow `take` per column
+and one `binary_join_element_wise`, so 100 sites x 300 participants (millions of item rows) stay fast.
 """
 
 from __future__ import annotations
@@ -40,48 +40,123 @@ ARMS = ("KAP", "KET", "ACP")
 KETAMINE_ARMS = ("KAP", "KET")
 
 # DTS §6, in table order: a record's reason is the first of these that applies.
-REASONS = ("UNPARSEABLE", "MISSING_REQUIRED", "OUT_OF_RANGE", "UNKNOWN_SUBJECT", "CONFLICTING_DUPLICATE",
-           "INVALID_VISIT", "INCONSISTENT")
+REASONS = (
+    "UNPARSEABLE",
+    "MISSING_REQUIRED",
+    "OUT_OF_RANGE",
+    "UNKNOWN_SUBJECT",
+    "CONFLICTING_DUPLICATE",
+    "INVALID_VISIT",
+    "INCONSISTENT",
+)
 DUPLICATE = "IDENTICAL_DUPLICATE"  # collapsed by the pipeline, never quarantined
 
 # Dataset names are the warehouse's (ops.quarantine / ops.loads), so the report compares with them directly.
-DATASET_FILES = {"participants": "participants.csv", "sessions": "sessions.csv", "vitals": "vitals.csv",
-                 "assessment_items": "assessments.csv", "adverse_events": "adverse_events.csv"}
+DATASET_FILES = {
+    "participants": "participants.csv",
+    "sessions": "sessions.csv",
+    "vitals": "vitals.csv",
+    "assessment_items": "assessments.csv",
+    "adverse_events": "adverse_events.csv",
+}
 CHILD_DATASETS = ("sessions", "vitals", "assessment_items", "adverse_events")
 DTS_COLUMNS: dict[str, tuple[str, ...]] = {
-    "participants": ("subject_id", "screening_date", "consent_date", "birth_year", "sex", "weight_kg",
-                     "prior_ect", "status", "withdrawal_date", "withdrawal_reason"),
-    "sessions": ("subject_id", "visit", "session_date", "start_time", "duration_min", "therapist_id",
-                 "attended", "route", "dose_mg", "weight_kg", "infusion_min"),
+    "participants": (
+        "subject_id",
+        "screening_date",
+        "consent_date",
+        "birth_year",
+        "sex",
+        "weight_kg",
+        "prior_ect",
+        "status",
+        "withdrawal_date",
+        "withdrawal_reason",
+    ),
+    "sessions": (
+        "subject_id",
+        "visit",
+        "session_date",
+        "start_time",
+        "duration_min",
+        "therapist_id",
+        "attended",
+        "route",
+        "dose_mg",
+        "weight_kg",
+        "infusion_min",
+    ),
     "vitals": ("subject_id", "visit", "timepoint", "measured_time", "sbp", "dbp", "hr", "spo2"),
     "assessment_items": ("subject_id", "visit", "instrument", "assessment_date", "rater_id", "item", "score"),
-    "adverse_events": ("subject_id", "ae_id", "term", "onset_date", "end_date", "severity", "serious",
-                       "related", "outcome", "action"),
+    "adverse_events": (
+        "subject_id",
+        "ae_id",
+        "term",
+        "onset_date",
+        "end_date",
+        "severity",
+        "serious",
+        "related",
+        "outcome",
+        "action",
+    ),
 }
 IWRS_COLUMNS = ("subject_id", "site_id", "arm", "randomized_on", "stratum")
 
 # Fraction of the baseline MADRS total gone at each visit, per arm (KAP, KET, ACP): ketamine acts within
 # 24 h, psychotherapy consolidates over weeks, the active placebo does little.
 MADRS_REDUCTION = {
-    "D1P24": (0.45, 0.35, 0.10), "W1": (0.42, 0.30, 0.12), "W2": (0.50, 0.34, 0.17),
-    "W3": (0.56, 0.37, 0.21), "W4": (0.60, 0.38, 0.24), "W8": (0.57, 0.33, 0.25), "W12": (0.54, 0.30, 0.24),
+    "D1P24": (0.45, 0.35, 0.10),
+    "W1": (0.42, 0.30, 0.12),
+    "W2": (0.50, 0.34, 0.17),
+    "W3": (0.56, 0.37, 0.21),
+    "W4": (0.60, 0.38, 0.24),
+    "W8": (0.57, 0.33, 0.25),
+    "W12": (0.54, 0.30, 0.24),
 }
 # Natural data never reaches a safety threshold, so the only SAFETY_SUICIDALITY flags are injected ones.
 NATURAL_ITEM_CAP = {("MADRS", 10): 3, ("PHQ9", 9): 0}
 TIMEPOINTS = (("PRE", -10), ("T40", 40), ("T120", 120))
-WITHDRAWAL_REASONS = ("Withdrew consent", "Lost to follow-up", "Adverse event, hypertension",
-                      "Moved away", "Rückzug der Einwilligung", "Investigator decision")
+WITHDRAWAL_REASONS = (
+    "Withdrew consent",
+    "Lost to follow-up",
+    "Adverse event, hypertension",
+    "Moved away",
+    "Rückzug der Einwilligung",
+    "Investigator decision",
+)
 UNCODED_TERMS = ("jaw stiffness", "felt floaty", "cold hands", "ringing in ears", "heavy limbs")
 SCORE_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 IMPOSSIBLE_DAYS = ((2, 30), (2, 31), (4, 31), (6, 31), (9, 31), (11, 31))
 ALT_MISSING_SHARE = 0.15
 PERSONAL_DATA_EXTRA = ("mrn", "phone", "email", "first_name", "nhs_number")
-FIRST_NAMES = ("Anna", "Ben", "Clara", "David", "Eva", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Lena", "Marc")
-EXTRA_COLUMNS = {"participants": ("comment",), "sessions": ("room", "comment"), "vitals": ("device",),
-                 "assessment_items": ("form_version",), "adverse_events": ("comment",)}
-EXTRA_VALUES = {"comment": ("late entry", "checked by CRA", "source verified, OK", "see paper CRF"),
-                "room": ("Room 1", "Room 2", "Room 3", "Room 4"), "device": ("Omron M6", "Welch Allyn 6000"),
-                "form_version": ("v2.1", "v2.0")}
+FIRST_NAMES = (
+    "Anna",
+    "Ben",
+    "Clara",
+    "David",
+    "Eva",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Iris",
+    "Jonas",
+    "Lena",
+    "Marc",
+)
+EXTRA_COLUMNS = {
+    "participants": ("comment",),
+    "sessions": ("room", "comment"),
+    "vitals": ("device",),
+    "assessment_items": ("form_version",),
+    "adverse_events": ("comment",),
+}
+EXTRA_VALUES = {
+    "comment": ("late entry", "checked by CRA", "source verified, OK", "see paper CRF"),
+    "room": ("Room 1", "Room 2", "Room 3", "Room 4"),
+    "device": ("Omron M6", "Welch Allyn 6000"),
+    "form_version": ("v2.1", "v2.0"),
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,8 +186,15 @@ class GenerationReport:
             reason_counts[record["reason_code"]] += 1
         return {
             **settings,
-            "transfers": [{"source": s, "transfer_id": t, "format": self.formats[s],
-                           "path": p.relative_to(self.out).as_posix()} for s, t, p in self.transfers],
+            "transfers": [
+                {
+                    "source": s,
+                    "transfer_id": t,
+                    "format": self.formats[s],
+                    "path": p.relative_to(self.out).as_posix(),
+                }
+                for s, t, p in self.transfers
+            ],
             "skipped": dict(self.skipped),
             "delivered": _nest(self.delivered),
             "expected_quarantine": self.expected_quarantine,
@@ -186,7 +268,9 @@ class StudyDesign:
     @property
     def blocks(self) -> list[tuple[str, str]]:
         """(visit, instrument) pairs in the order a site's export lists them."""
-        return [(v, i) for v in self.assessment_visits for i, ins in self.instruments.items() if v in ins.visits]
+        return [
+            (v, i) for v in self.assessment_visits for i, ins in self.instruments.items() if v in ins.visits
+        ]
 
 
 def load_registry(path: Path = SCHEMAS / "sources.yaml") -> dict[str, dict[str, Any]]:
@@ -194,12 +278,27 @@ def load_registry(path: Path = SCHEMAS / "sources.yaml") -> dict[str, dict[str, 
 
 
 def load_study_design(schemas: Path = SCHEMAS) -> StudyDesign:
-    raw_instruments = yaml.safe_load((schemas / "instruments.yaml").read_text(encoding="utf-8"))["instruments"]
+    raw_instruments = yaml.safe_load((schemas / "instruments.yaml").read_text(encoding="utf-8"))[
+        "instruments"
+    ]
     raw_visits = yaml.safe_load((schemas / "visits.yaml").read_text(encoding="utf-8"))["visits"]
-    instruments = {code: Instrument(code, int(v["items"]), int(v["item_min"]), int(v["item_max"]),
-                                    bool(v["has_total"]), tuple(v["visits"])) for code, v in raw_instruments.items()}
-    visits = {code: VisitRule(code, v["kind"], v["anchor"], int(v["target"]), int(v["window_min"]),
-                              int(v["window_max"])) for code, v in raw_visits.items()}
+    instruments = {
+        code: Instrument(
+            code,
+            int(v["items"]),
+            int(v["item_min"]),
+            int(v["item_max"]),
+            bool(v["has_total"]),
+            tuple(v["visits"]),
+        )
+        for code, v in raw_instruments.items()
+    }
+    visits = {
+        code: VisitRule(
+            code, v["kind"], v["anchor"], int(v["target"]), int(v["window_min"]), int(v["window_max"])
+        )
+        for code, v in raw_visits.items()
+    }
     with (schemas / "ae_terms.csv").open(encoding="utf-8", newline="") as handle:
         terms = tuple((row["verbatim"], row["preferred_term"]) for row in csv.DictReader(handle))
     return StudyDesign(instruments, visits, terms)
@@ -222,10 +321,14 @@ class Dialect:
     def from_settings(cls, settings: Mapping[str, Any]) -> Dialect:
         encoding = codecs.lookup(settings.get("encoding") or "utf-8").name
         # Windows-1252 exports come from Windows tools, which end lines with CRLF.
-        return cls(delimiter=settings.get("delimiter") or ",", decimal=settings.get("decimal") or ".",
-                   encoding=encoding, date_format=settings.get("date_format") or "%Y-%m-%d",
-                   missing=tuple(settings.get("missing_values") or [""]),
-                   newline="\r\n" if encoding == "cp1252" else "\n")
+        return cls(
+            delimiter=settings.get("delimiter") or ",",
+            decimal=settings.get("decimal") or ".",
+            encoding=encoding,
+            date_format=settings.get("date_format") or "%Y-%m-%d",
+            missing=tuple(settings.get("missing_values") or [""]),
+            newline="\r\n" if encoding == "cp1252" else "\n",
+        )
 
     @property
     def empty(self) -> str:
@@ -241,8 +344,12 @@ class Dialect:
         """A day that does not exist (31 February), written in the site's own pattern."""
         month, day = IMPOSSIBLE_DAYS[variant % len(IMPOSSIBLE_DAYS)]
         text = self.date_format
-        for token, value in (("%Y", f"{year:04d}"), ("%y", f"{year % 100:02d}"), ("%m", f"{month:02d}"),
-                             ("%d", f"{day:02d}")):
+        for token, value in (
+            ("%Y", f"{year:04d}"),
+            ("%y", f"{year % 100:02d}"),
+            ("%m", f"{month:02d}"),
+            ("%d", f"{day:02d}"),
+        ):
             text = text.replace(token, value)
         return text
 
@@ -309,8 +416,13 @@ def _const(n: int, text: str) -> Col:
 class Table:
     """One dataset of one transfer, with per-row bookkeeping of what was injected where."""
 
-    def __init__(self, dataset: str, cols: dict[str, Col], subject: np.ndarray,
-                 num: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        cols: dict[str, Col],
+        subject: np.ndarray,
+        num: dict[str, np.ndarray] | None = None,
+    ) -> None:
         n = len(subject)
         self.dataset = dataset
         self.cols = cols
@@ -325,14 +437,14 @@ class Table:
         self.size = n  # rows in use; the arrays may hold spare, dead rows beyond it
 
     @property
-    def n(self) -> int:
+    def capacity(self) -> int:
         return len(self.subject)
 
     def copy_rows(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Append copies of rows into spare capacity: many small batches must not copy the table each time."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self.size + len(rows) > self.n:
-            self._grow(max(len(rows), self.n // 2, 64))
+        if self.size + len(rows) > self.capacity:
+            self._grow(max(len(rows), self.capacity // 2, 64))
         new = np.arange(self.size, self.size + len(rows))
         self.size += len(rows)
         for col in self.cols.values():
@@ -419,11 +531,13 @@ def _years(days: np.ndarray) -> np.ndarray:
 def _jittered(rng: np.random.Generator, rule: VisitRule, n: int) -> np.ndarray:
     """Offsets near the target, always inside the inclusive window."""
     sd = (rule.window_max - rule.window_min) / 6
-    return np.clip(rule.target + np.rint(rng.normal(0, sd, n)), rule.window_min, rule.window_max).astype(np.int64)
+    offset = np.clip(rule.target + np.rint(rng.normal(0, sd, n)), rule.window_min, rule.window_max)
+    return offset.astype(np.int64)
 
 
-def schedule_visits(rng: np.random.Generator, design: StudyDesign, bl: np.ndarray,
-                    screening: np.ndarray) -> dict[str, np.ndarray]:
+def schedule_visits(
+    rng: np.random.Generator, design: StudyDesign, bl: np.ndarray, screening: np.ndarray
+) -> dict[str, np.ndarray]:
     """Planned day of every visit per participant, each inside its DTS §3.1 window."""
     day: dict[str, np.ndarray] = {SCREENING: screening}
     for code, rule in design.visits.items():
@@ -444,8 +558,9 @@ def schedule_visits(rng: np.random.Generator, design: StudyDesign, bl: np.ndarra
     return day
 
 
-def _keep_order(day: dict[str, np.ndarray], codes: Sequence[str], gap: int, lower: np.ndarray,
-                upper: np.ndarray) -> None:
+def _keep_order(
+    day: dict[str, np.ndarray], codes: Sequence[str], gap: int, lower: np.ndarray, upper: np.ndarray
+) -> None:
     """Push visits apart by `gap` days between bounds: forward from `lower`, then back from `upper`."""
     previous = lower - gap
     for code in codes:
@@ -457,8 +572,9 @@ def _keep_order(day: dict[str, np.ndarray], codes: Sequence[str], gap: int, lowe
         following = day[code]
 
 
-def _assign_arms(rng: np.random.Generator, randomized: np.ndarray, prior_ect: np.ndarray,
-                 bl: np.ndarray) -> np.ndarray:
+def _assign_arms(
+    rng: np.random.Generator, randomized: np.ndarray, prior_ect: np.ndarray, bl: np.ndarray
+) -> np.ndarray:
     """Permuted blocks of six per stratum, in order of randomization: 1:1:1 like an IWRS."""
     arm = np.full(len(bl), "", dtype=object)
     for stratum in (True, False):
@@ -470,15 +586,18 @@ def _assign_arms(rng: np.random.Generator, randomized: np.ndarray, prior_ect: np
     return arm
 
 
-def simulate_site(rng: np.random.Generator, design: StudyDesign, source: str, n: int, export_day: int) -> SiteTrial:
+def simulate_site(
+    rng: np.random.Generator, design: StudyDesign, source: str, n: int, export_day: int
+) -> SiteTrial:
     """People screened over the enrolment span, their status at export time and their visit schedule."""
     screening = np.sort(rng.integers(export_day - ENROLMENT_SPAN_DAYS, export_day + 1, n))
     consent = screening - rng.choice([0, 0, 0, 1, 2, 3, 5], n)
     age = np.clip(np.rint(rng.normal(45, 12, n)), 19, 74).astype(np.int64)
     scr_rule = design.visits[SCREENING]
     sd = (scr_rule.window_max - scr_rule.window_min) / 6
-    gap = np.clip(np.rint(rng.normal(-scr_rule.target, sd, n)), max(-scr_rule.window_max, 7),
-                  -scr_rule.window_min).astype(np.int64)
+    gap = np.clip(
+        np.rint(rng.normal(-scr_rule.target, sd, n)), max(-scr_rule.window_max, 7), -scr_rule.window_min
+    ).astype(np.int64)
     bl = screening + gap
     failed = (rng.random(n) < 0.18) & (bl <= export_day)
     randomized = ~failed & (bl <= export_day)
@@ -491,8 +610,11 @@ def simulate_site(rng: np.random.Generator, design: StudyDesign, source: str, n:
     done = {code: randomized & (d <= stop) for code, d in day.items()}
     done[SCREENING] = np.ones(n, dtype=bool)
     last_visit = max(design.visits, key=design.nominal_day)
-    status = np.select([failed, ~randomized, withdrawn, done[last_visit]],
-                       ["SCREEN_FAILED", "SCREENED", "WITHDRAWN", "COMPLETED"], default="ENROLLED").astype(object)
+    status = np.select(
+        [failed, ~randomized, withdrawn, done[last_visit]],
+        ["SCREEN_FAILED", "SCREENED", "WITHDRAWN", "COMPLETED"],
+        default="ENROLLED",
+    ).astype(object)
 
     prior_ect = rng.random(n) < 0.3
     bl_severity = np.clip(np.rint(rng.normal(33, 3, n)), 27, 40).astype(np.int64)
@@ -502,16 +624,31 @@ def simulate_site(rng: np.random.Generator, design: StudyDesign, source: str, n:
     scr_severity[low] = rng.integers(12, 22, int(low.sum()))
     route = rng.choice(np.array(["IV", "IM", "SL", "IN"], dtype=object), n, p=[0.8, 0.08, 0.07, 0.05])
     return SiteTrial(
-        source=source, ids=[f"{source}-{i:04d}" for i in range(1, n + 1)], export_day=export_day,
-        screening=screening, consent=consent, birth_year=_years(consent) - age,
+        source=source,
+        ids=[f"{source}-{i:04d}" for i in range(1, n + 1)],
+        export_day=export_day,
+        screening=screening,
+        consent=consent,
+        birth_year=_years(consent) - age,
         sex=rng.choice(np.array(["F", "M", "X"], dtype=object), n, p=[0.55, 0.43, 0.02]),
         weight10=np.rint(np.clip(rng.normal(78, 15, n), 45, 140) * 10).astype(np.int64),
-        prior_ect=prior_ect, status=status, withdrawn=withdrawn, withdrawal=withdrawal,
+        prior_ect=prior_ect,
+        status=status,
+        withdrawn=withdrawn,
+        withdrawal=withdrawal,
         withdrawal_reason=rng.choice(np.array(WITHDRAWAL_REASONS, dtype=object), n),
-        randomized=randomized, arm=_assign_arms(rng, randomized, prior_ect, bl), bl=bl, stop=stop,
-        day=day, done=done, bl_severity=bl_severity, scr_severity=scr_severity,
-        responsiveness=np.clip(rng.normal(1, 0.35, n), 0.1, 1.7), route=route,
-        dose_per_kg=rng.choice([0.55, 0.6, 0.7, 0.75, 0.8, 0.9], n), therapist=rng.integers(0, 6, n),
+        randomized=randomized,
+        arm=_assign_arms(rng, randomized, prior_ect, bl),
+        bl=bl,
+        stop=stop,
+        day=day,
+        done=done,
+        bl_severity=bl_severity,
+        scr_severity=scr_severity,
+        responsiveness=np.clip(rng.normal(1, 0.35, n), 0.1, 1.7),
+        route=route,
+        dose_per_kg=rng.choice([0.55, 0.6, 0.7, 0.75, 0.8, 0.9], n),
+        therapist=rng.integers(0, 6, n),
     )
 
 
@@ -543,23 +680,31 @@ def build_participants(trial: SiteTrial, dialect: Dialect) -> Table:
         "withdrawal_date": _col(trial.withdrawal, d.date, e, trial.withdrawn),
         "withdrawal_reason": _col(trial.withdrawal_reason, str, e, trial.withdrawn),
     }
-    num = {"screening_date": trial.screening.copy(), "consent_date": trial.consent.copy(),
-           "weight_kg": trial.weight10.copy()}
+    num = {
+        "screening_date": trial.screening.copy(),
+        "consent_date": trial.consent.copy(),
+        "weight_kg": trial.weight10.copy(),
+    }
     return Table("participants", cols, np.arange(trial.n), num)
 
 
-def _dose_tenths(rng: np.random.Generator, route: np.ndarray, per_kg: np.ndarray,
-                 weight10: np.ndarray) -> np.ndarray:
+def _dose_tenths(
+    rng: np.random.Generator, route: np.ndarray, per_kg: np.ndarray, weight10: np.ndarray
+) -> np.ndarray:
     """Planned dose inside the protocol range of its route (DTS §3 sessions)."""
     im_per_kg = np.clip(per_kg + 0.4, 0.6, 1.4)
     sublingual = rng.choice([150, 200, 250, 300], len(route)) * 10
     intranasal = rng.choice([28, 56, 84], len(route)) * 10
-    return np.select([route == "IV", route == "IM", route == "SL"],
-                     [np.rint(per_kg * weight10), np.rint(im_per_kg * weight10), sublingual],
-                     default=intranasal).astype(np.int64)
+    return np.select(
+        [route == "IV", route == "IM", route == "SL"],
+        [np.rint(per_kg * weight10), np.rint(im_per_kg * weight10), sublingual],
+        default=intranasal,
+    ).astype(np.int64)
 
 
-def build_sessions(rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect) -> Table:
+def build_sessions(
+    rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect
+) -> Table:
     visits = design.session_visits
     done = np.stack([trial.done[v] for v in visits], axis=1)
     subject, vi = np.nonzero(done)
@@ -567,15 +712,18 @@ def build_sessions(rng: np.random.Generator, trial: SiteTrial, design: StudyDesi
     kinds = np.array([design.visits[v].kind for v in visits], dtype=object)[vi]
     dosing = kinds == "DOSING"
     days = np.stack([trial.day[v] for v in visits], axis=1)[subject, vi]
+    # INTn windows count from their dose's actual day (DTS §3.1); -1 where the anchor is BL.
     anchors = [design.visits[v].anchor for v in visits]
-    anchor_day = np.stack([trial.day[a] if a != BASELINE else np.full(trial.n, -1) for a in anchors],
-                          axis=1)[subject, vi]
+    anchor_days = [trial.day[a] if a != BASELINE else np.full(trial.n, -1) for a in anchors]
+    anchor_day = np.stack(anchor_days, axis=1)[subject, vi]
     # A missed dosing session would make "required for dosing" ambiguous; only therapy visits are missed.
     attended = dosing | (rng.random(m) >= 0.04)
     start = 480 + 15 * np.where(dosing, rng.integers(0, 21, m), rng.integers(0, 36, m))
-    duration = np.select([~attended, dosing, kinds == "PREPARATION"],
-                         [rng.integers(5, 16, m), rng.integers(120, 181, m), rng.integers(60, 121, m)],
-                         default=rng.integers(45, 91, m))
+    duration = np.select(
+        [~attended, dosing, kinds == "PREPARATION"],
+        [rng.integers(5, 16, m), rng.integers(120, 181, m), rng.integers(60, 121, m)],
+        default=rng.integers(45, 91, m),
+    )
     base = _staff_base(trial.source)
     therapist = np.where(rng.random(m) < 0.85, trial.therapist[subject], rng.integers(0, 6, m)) + base + 1
     route = trial.route[subject]
@@ -597,8 +745,17 @@ def build_sessions(rng: np.random.Generator, trial: SiteTrial, design: StudyDesi
         "weight_kg": _col(weight10, d.decimal1, e, dosing),
         "infusion_min": _col(infusion, str, e, iv),
     }
-    num = {"session_date": days, "start_time": start, "duration_min": duration, "weight_kg": weight10,
-           "dosing": dosing, "iv": iv, "anchor_day": anchor_day, "kind": kinds, "visit": vi}
+    num = {
+        "session_date": days,
+        "start_time": start,
+        "duration_min": duration,
+        "weight_kg": weight10,
+        "dosing": dosing,
+        "iv": iv,
+        "anchor_day": anchor_day,
+        "kind": kinds,
+        "visit": vi,
+    }
     return Table("sessions", cols, subject, num)
 
 
@@ -611,8 +768,11 @@ def build_vitals(rng: np.random.Generator, trial: SiteTrial, sessions: Table, di
     subject = sessions.subject[rows]
     m = len(rows)
     offsets = np.array([o for _, o in TIMEPOINTS])[tp]
-    time = sessions.num["start_time"][rows] + offsets + np.where(offsets < 0, -rng.integers(0, 6, m),
-                                                                 rng.integers(0, 6, m))
+    time = (
+        sessions.num["start_time"][rows]
+        + offsets
+        + np.where(offsets < 0, -rng.integers(0, 6, m), rng.integers(0, 6, m))
+    )
     ket = trial.ketamine[subject]
     at40, at120 = tp == 1, tp == 2
     sbp_base = np.clip(rng.normal(124, 10, trial.n), 100, 150)[subject]
@@ -662,7 +822,9 @@ def _split_total(rng: np.random.Generator, totals: np.ndarray, caps: np.ndarray)
     return chosen.astype(np.int64) @ onehot
 
 
-def _visit_totals(rng: np.random.Generator, trial: SiteTrial, design: StudyDesign) -> dict[tuple[str, str], np.ndarray]:
+def _visit_totals(
+    rng: np.random.Generator, trial: SiteTrial, design: StudyDesign
+) -> dict[tuple[str, str], np.ndarray]:
     """Intended total of every (instrument, visit) for every participant."""
     n = trial.n
     arm = trial.arm_index
@@ -672,7 +834,9 @@ def _visit_totals(rng: np.random.Generator, trial: SiteTrial, design: StudyDesig
             cut = np.array(MADRS_REDUCTION.get(visit, MADRS_REDUCTION["W4"]))[arm]
             gone = np.clip(cut * trial.responsiveness, 0, 0.95)
             severity[visit] = np.rint(trial.bl_severity * (1 - gone) + rng.normal(0, 2.5, n)).astype(np.int64)
-    cadss_base = np.where(trial.ketamine, np.clip(rng.normal(20, 6, n), 6, None), np.clip(rng.normal(4, 2, n), 0, None))
+    cadss_base = np.where(
+        trial.ketamine, np.clip(rng.normal(20, 6, n), 6, None), np.clip(rng.normal(4, 2, n), 0, None)
+    )
     totals: dict[tuple[str, str], np.ndarray] = {}
     for visit, instrument in design.blocks:
         sev = severity[visit]
@@ -697,7 +861,9 @@ def _ideation_items(rng: np.random.Generator, severity: np.ndarray, k: int) -> n
     return (np.arange(1, k + 1)[None, :] <= level[:, None]).astype(np.int64)
 
 
-def build_assessments(rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect) -> Table:
+def build_assessments(
+    rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect
+) -> Table:
     blocks = design.blocks
     instruments = list(design.instruments)
     visits = list(design.assessment_visits)
@@ -742,38 +908,56 @@ def build_assessments(rng: np.random.Generator, trial: SiteTrial, design: StudyD
         "score": _col(scores, str, e),
     }
     item_max = np.array([design.instruments[i].item_max for i in instruments])
-    num = {"assessment_date": day[rows], "item": item, "score": scores, "instrument": block_ins[rows],
-           "visit": block_visit[rows], "n_items": n_items[rows], "item_max": item_max[block_ins[rows]],
-           "lead": lead[rows] & (item == 1)}
+    num = {
+        "assessment_date": day[rows],
+        "item": item,
+        "score": scores,
+        "instrument": block_ins[rows],
+        "visit": block_visit[rows],
+        "n_items": n_items[rows],
+        "item_max": item_max[block_ins[rows]],
+        "lead": lead[rows] & (item == 1),
+    }
     return Table("assessment_items", cols, subject[rows], num)
 
 
 def _term_weights(design: StudyDesign, ketamine: bool) -> np.ndarray:
-    ketamine_like = {"Dissociation", "Depersonalisation/derealisation disorder", "Nausea", "Dizziness",
-                     "Blood pressure increased", "Feeling drunk", "Vision blurred", "Hypoaesthesia oral"}
+    ketamine_like = {
+        "Dissociation",
+        "Depersonalisation/derealisation disorder",
+        "Nausea",
+        "Dizziness",
+        "Blood pressure increased",
+        "Feeling drunk",
+        "Vision blurred",
+        "Hypoaesthesia oral",
+    }
     placebo_like = {"Sedation", "Somnolence", "Fatigue", "Headache"}
     rare = {"Suicidal ideation", "Depression", "Panic attack", "Cystitis noninfective", "Dysuria"}
-    weights = []
-    for _, preferred in design.ae_terms:
-        w = 0.2 if preferred in rare else 1.0
-        w *= 4.0 if (ketamine and preferred in ketamine_like) or (not ketamine and preferred in placebo_like) else 1
-        weights.append(w)
-    w = np.array(weights)
+    boosted = ketamine_like if ketamine else placebo_like
+    w = np.array([(0.2 if p in rare else 1.0) * (4.0 if p in boosted else 1.0) for _, p in design.ae_terms])
     return w / w.sum()
 
 
 def _verbatim_style(rng: np.random.Generator, terms: np.ndarray) -> np.ndarray:
     """Verbatims as sites type them: case and stray spaces vary, all still match after trim + casefold."""
     style = rng.choice(4, len(terms), p=[0.7, 0.1, 0.15, 0.05])
-    return np.array([t.upper() if s == 1 else t.title() if s == 2 else f" {t}" if s == 3 else t
-                     for t, s in zip(terms.tolist(), style.tolist(), strict=True)], dtype=object)
+    return np.array(
+        [
+            t.upper() if s == 1 else t.title() if s == 2 else f" {t}" if s == 3 else t
+            for t, s in zip(terms.tolist(), style.tolist(), strict=True)
+        ],
+        dtype=object,
+    )
 
 
-def build_adverse_events(rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect) -> Table:
+def build_adverse_events(
+    rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect
+) -> Table:
     dosing = design.dosing_visits
     doses = np.stack([trial.day[v] for v in dosing], axis=1)
     n_dosed = np.stack([trial.done[v] for v in dosing], axis=1).sum(axis=1)
-    rate = np.where(trial.ketamine, 1.3, 0.6) * n_dosed / len(dosing)
+    rate = np.where(trial.ketamine, 1.8, 0.9) * n_dosed / len(dosing)
     count = rng.poisson(rate) * (n_dosed > 0)
     subject = np.repeat(np.arange(trial.n), count)
     m = len(subject)
@@ -788,14 +972,24 @@ def build_adverse_events(rng: np.random.Generator, trial: SiteTrial, design: Stu
     ae_number = np.arange(m) - first + 1
     verbatim = np.array([t for t, _ in design.ae_terms], dtype=object)
     ket = trial.ketamine[subject]
-    term = np.where(ket, rng.choice(verbatim, m, p=_term_weights(design, True)),
-                    rng.choice(verbatim, m, p=_term_weights(design, False)))
+    term = np.where(
+        ket,
+        rng.choice(verbatim, m, p=_term_weights(design, True)),
+        rng.choice(verbatim, m, p=_term_weights(design, False)),
+    )
     severity = rng.choice(np.array(["MILD", "MODERATE", "SEVERE"], dtype=object), m, p=[0.65, 0.3, 0.05])
-    related = rng.choice(np.array(["NOT_RELATED", "UNLIKELY", "POSSIBLE", "PROBABLE", "DEFINITE"], dtype=object),
-                         m, p=[0.1, 0.15, 0.35, 0.3, 0.1])
-    recovered = rng.choice(np.array(["RECOVERED", "RECOVERED_WITH_SEQUELAE"], dtype=object), m, p=[0.97, 0.03])
+    related = rng.choice(
+        np.array(["NOT_RELATED", "UNLIKELY", "POSSIBLE", "PROBABLE", "DEFINITE"], dtype=object),
+        m,
+        p=[0.1, 0.15, 0.35, 0.3, 0.1],
+    )
+    recovered = rng.choice(
+        np.array(["RECOVERED", "RECOVERED_WITH_SEQUELAE"], dtype=object), m, p=[0.97, 0.03]
+    )
     ongoing = rng.choice(np.array(["RECOVERING", "NOT_RECOVERED"], dtype=object), m, p=[0.6, 0.4])
-    action = rng.choice(np.array(["NONE", "DOSE_REDUCED", "DOSE_INTERRUPTED"], dtype=object), m, p=[0.9, 0.05, 0.05])
+    action = rng.choice(
+        np.array(["NONE", "DOSE_REDUCED", "DOSE_INTERRUPTED"], dtype=object), m, p=[0.9, 0.05, 0.05]
+    )
     e = dialect.empty
     cols = {
         "subject_id": _subject_col(trial, subject),
@@ -825,7 +1019,7 @@ class SiteProfile:
 
 
 def _rng(seed: int, source: str, stream: int) -> np.random.Generator:
-    # Per-source streams: a site's output does not depend on which other sources are generated.
+    # Per-source streams: adding or removing a source does not reshuffle another site's simulated data.
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(source.encode()), stream]))
 
 
@@ -843,15 +1037,22 @@ def plan_profiles(seed: int, sources: Sequence[str]) -> dict[str, SiteProfile]:
     # Small trials must still exercise the personal-data and extra-column paths somewhere.
     if profiles and not any(p.personal_data for p in profiles.values()):
         last = list(profiles)[-1]
-        profiles[last] = SiteProfile(profiles[last].shuffle_columns, ("initials", "date_of_birth"), profiles[last].extras)
+        profiles[last] = SiteProfile(
+            profiles[last].shuffle_columns, ("initials", "date_of_birth"), profiles[last].extras
+        )
     if profiles and not any(p.extras for p in profiles.values()):
-        first = list(profiles)[0]
-        profiles[first] = SiteProfile(profiles[first].shuffle_columns, profiles[first].personal_data,
-                                      {"sessions": ("room",), "adverse_events": ("comment",)})
+        first = next(iter(profiles))
+        profiles[first] = SiteProfile(
+            profiles[first].shuffle_columns,
+            profiles[first].personal_data,
+            {"sessions": ("room",), "adverse_events": ("comment",)},
+        )
     return profiles
 
 
-def _personal_values(rng: np.random.Generator, column: str, trial: SiteTrial, dialect: Dialect) -> tuple[list[str], np.ndarray]:
+def _personal_values(
+    rng: np.random.Generator, column: str, trial: SiteTrial, dialect: Dialect
+) -> tuple[list[str], np.ndarray]:
     """Personal-data strings per participant, and the dates of birth (days) behind date_of_birth."""
     n = trial.n
     letters = rng.integers(0, 26, (n, 3))
@@ -869,14 +1070,21 @@ def _personal_values(rng: np.random.Generator, column: str, trial: SiteTrial, di
     if column == "phone":
         return [f"+41 79 {j[:3]} {j[3:5]} {j[5:7]}" for j in joined], birth
     if column == "email":
-        return [f"{i.replace('.', '').lower()}{j[:3]}@example.org" for i, j in zip(initials, joined, strict=True)], birth
+        return [
+            f"{i.replace('.', '').lower()}{j[:3]}@example.org" for i, j in zip(initials, joined, strict=True)
+        ], birth
     if column == "nhs_number":
         return [f"{j[:3]} {j[3:6]} {j[6:]}" for j in joined], birth
-    return [str(rng.choice(FIRST_NAMES)) for _ in range(n)], birth
+    return rng.choice(np.array(FIRST_NAMES, dtype=object), n).tolist(), birth
 
 
-def add_profile_columns(rng: np.random.Generator, tables: dict[str, Table], trial: SiteTrial,
-                        dialect: Dialect, profile: SiteProfile) -> None:
+def add_profile_columns(
+    rng: np.random.Generator,
+    tables: dict[str, Table],
+    trial: SiteTrial,
+    dialect: Dialect,
+    profile: SiteProfile,
+) -> None:
     participants = tables["participants"]
     for column in profile.personal_data:
         values, birth = _personal_values(rng, column, trial, dialect)
@@ -888,9 +1096,9 @@ def add_profile_columns(rng: np.random.Generator, tables: dict[str, Table], tria
         for column in columns:
             pool = EXTRA_VALUES[column]
             sparse = column == "comment"
-            codes = rng.integers(0, len(pool), table.n) + 1
+            codes = rng.integers(0, len(pool), table.capacity) + 1
             if sparse:
-                codes = np.where(rng.random(table.n) < 0.08, codes, 0)
+                codes = np.where(rng.random(table.capacity) < 0.08, codes, 0)
             table.cols[column] = Col(codes, [dialect.empty, *pool])
 
 
@@ -1000,8 +1208,15 @@ SEVERITY_SHIFT = {"MILD": "MODERATE", "MODERATE": "MILD", "SEVERE": "MODERATE"}
 class DefectInjector:
     """Injects defects one kind at a time, in batches, never two on the same row or key."""
 
-    def __init__(self, rng: np.random.Generator, trial: SiteTrial, design: StudyDesign, dialect: Dialect,
-                 tables: dict[str, Table], transfer_id: str) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        trial: SiteTrial,
+        design: StudyDesign,
+        dialect: Dialect,
+        tables: dict[str, Table],
+        transfer_id: str,
+    ) -> None:
         self.rng = rng
         self.trial = trial
         self.design = design
@@ -1013,7 +1228,8 @@ class DefectInjector:
         self.events = dict.fromkeys(DATASET_FILES, 0)
         self.collapsed = dict.fromkeys(DATASET_FILES, 0)
         self.flags: list[dict[str, Any]] = []
-        # Unknown subjects: numbers above any participant's, never reused, so no two injected rows share a key.
+        self.serious_rows: list[int] = []
+        # Unknown subjects: numbers above any participant's, never reused: no two injected rows share a key.
         self.next_unknown = 9999
 
     # -- picking ---------------------------------------------------------------------------------
@@ -1021,9 +1237,13 @@ class DefectInjector:
     def present(self, table: Table, column: str) -> np.ndarray:
         return ~table.cols[column].is_missing(self.dialect.missing)
 
-    def pick(self, dataset: str, count: int, where: np.ndarray | None = None) -> np.ndarray:
+    def pick(
+        self, dataset: str, count: int, where: np.ndarray | None = None, reuse: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Up to `count` random rows that carry nothing yet (or are in `reuse`), of participants that land."""
         table = self.tables[dataset]
-        ok = table.alive & ~table.used & (table.subject >= 0)
+        free = ~table.used if reuse is None else ~table.used | reuse
+        ok = table.alive & free & (table.subject >= 0)
         if self.only is not None:
             ok &= table.subject == self.only
         else:
@@ -1035,7 +1255,9 @@ class DefectInjector:
             return np.zeros(0, dtype=np.int64)
         return np.sort(self.rng.choice(candidates, min(count, len(candidates)), replace=False))
 
-    def corrupt(self, dataset: str, column: str, rows: np.ndarray, texts: str | Sequence[str], reason: str) -> int:
+    def corrupt(
+        self, dataset: str, column: str, rows: np.ndarray, texts: str | Sequence[str], reason: str
+    ) -> int:
         table = self.tables[dataset]
         table.cols[column].set(rows, texts)
         table.mark(rows, reason, column)
@@ -1051,14 +1273,17 @@ class DefectInjector:
     def garble_number(self, dataset: str, column: str, count: int) -> int:
         table = self.tables[dataset]
         rows = self.pick(dataset, count, self.present(table, column))
-        return self.corrupt(dataset, column, rows, [_garble(t) for t in table.cols[column].text(rows)], "UNPARSEABLE")
+        return self.corrupt(
+            dataset, column, rows, [_garble(t) for t in table.cols[column].text(rows)], "UNPARSEABLE"
+        )
 
     def garble_time(self, dataset: str, column: str, count: int) -> int:
         table = self.tables[dataset]
         rows = self.pick(dataset, count, self.present(table, column))
         minutes = table.num[column][rows]
-        return self.corrupt(dataset, column, rows, [f"{m // 60}h{m % 60:02d}" for m in minutes.tolist()],
-                            "UNPARSEABLE")
+        return self.corrupt(
+            dataset, column, rows, [f"{m // 60}h{m % 60:02d}" for m in minutes.tolist()], "UNPARSEABLE"
+        )
 
     def impossible_date(self, dataset: str, column: str, count: int) -> int:
         table = self.tables[dataset]
@@ -1071,8 +1296,9 @@ class DefectInjector:
     def score_as_word(self, dataset: str, count: int) -> int:
         table = self.tables[dataset]
         rows = self.pick(dataset, count)
-        return self.corrupt(dataset, "score", rows, [SCORE_WORDS[s] for s in table.num["score"][rows].tolist()],
-                            "UNPARSEABLE")
+        return self.corrupt(
+            dataset, "score", rows, [SCORE_WORDS[s] for s in table.num["score"][rows].tolist()], "UNPARSEABLE"
+        )
 
     def blank(self, dataset: str, column: str, count: int) -> int:
         rows = self.pick(dataset, count, self.present(self.tables[dataset], column))
@@ -1091,19 +1317,29 @@ class DefectInjector:
     def score_out_of_range(self, dataset: str, count: int) -> int:
         table = self.tables[dataset]
         rows = self.pick(dataset, count)
-        return self.corrupt(dataset, "score", rows, [str(m + 3) for m in table.num["item_max"][rows].tolist()],
-                            "OUT_OF_RANGE")
+        return self.corrupt(
+            dataset, "score", rows, [str(m + 3) for m in table.num["item_max"][rows].tolist()], "OUT_OF_RANGE"
+        )
 
     def unknown_subject(self, dataset: str, count: int) -> int:
+        """A copied row under a subject id that has no participant row: a number above every participant's,
+        or a real participant's number under another site's prefix (DTS §6 names both)."""
         table = self.tables[dataset]
         rows = self.pick(dataset, min(count, self.next_unknown - self.trial.n))
         if len(rows) == 0:
             return 0
         # Stray rows sit at the end of the file, as rows keyed in later do.
         copies = table.copy_rows(rows, self.rng.uniform(table.base_rows, table.base_rows + 1, len(rows)))
-        ids = [f"{self.trial.source}-{k:04d}" for k in range(self.next_unknown, self.next_unknown - len(rows), -1)]
-        self.next_unknown -= len(rows)
+        foreign = self.rng.random(len(rows)) < 0.5
+        ids = []
+        for row, other_site in zip(rows.tolist(), foreign.tolist(), strict=True):
+            if other_site:
+                ids.append(f"{_other_prefix(self.trial.source)}-{self.trial.ids[table.subject[row]][-4:]}")
+            else:
+                ids.append(f"{self.trial.source}-{self.next_unknown:04d}")
+                self.next_unknown -= 1
         table.subject[copies] = -1
+        table.used[rows] = True  # copying the same row twice under the same foreign id would repeat a key
         return self.corrupt(dataset, "subject_id", copies, ids, "UNKNOWN_SUBJECT")
 
     def conflicting_duplicate(self, dataset: str, column: str, count: int) -> int:
@@ -1142,11 +1378,13 @@ class DefectInjector:
         return len(rows)
 
     def instrument_at_wrong_visit(self, dataset: str, count: int) -> int:
-        """A whole instrument at a visit where it is not taken (GAD7 at W1): every item row is INVALID_VISIT."""
+        """A whole instrument at a visit where it is not taken (GAD7 at W1): each row is INVALID_VISIT."""
         table = self.tables[dataset]
         visits = self.design.assessment_visits
-        wrong = {v: [i for i, ins in self.design.instruments.items() if v not in ins.visits and ins.items <= 10]
-                 for v in visits}
+        wrong = {
+            v: [i for i, ins in self.design.instruments.items() if v not in ins.visits and ins.items <= 10]
+            for v in visits
+        }
         allowed = np.array([bool(wrong[v]) for v in visits])
         # Count rows, not blocks, so the defect rate stays relative to rows.
         rows = self.pick(dataset, count, table.num["lead"] & allowed[table.num["visit"]])
@@ -1156,7 +1394,8 @@ class DefectInjector:
         rows, codes, sizes = rows[:keep], codes[:keep], sizes[:keep]
         templates = np.repeat(rows, sizes)
         item = np.arange(len(templates)) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
-        after = table.pos[templates] + table.num["n_items"][templates] - 0.5  # behind the visit's first instrument
+        # The block goes right behind the visit's first instrument, in item order.
+        after = table.pos[templates] + table.num["n_items"][templates] - 0.5
         copies = table.copy_rows(templates, after + item / 1000)
         instrument = np.repeat(np.array(codes, dtype=object), sizes).tolist()
         spec = [self.design.instruments[c] for c in instrument]
@@ -1166,7 +1405,9 @@ class DefectInjector:
         table.cols["score"].set(copies, [str(v) for v in scores.tolist()])
         # The rater is required on MADRS only: give it one, so the visit is the record's only fault.
         rater = f"R{_staff_base(self.trial.source) + 1:03d}"
-        table.cols["rater_id"].set(copies, [rater if c == "MADRS" else self.dialect.empty for c in instrument])
+        table.cols["rater_id"].set(
+            copies, [rater if c == "MADRS" else self.dialect.empty for c in instrument]
+        )
         table.mark(copies, "INVALID_VISIT", "visit")
         table.used[rows] = True  # a second block from the same template would share its keys
         return len(copies)
@@ -1175,7 +1416,9 @@ class DefectInjector:
         table = self.tables[dataset]
         rows = self.pick(dataset, count)
         days = table.num["screening_date"][rows] + self.rng.integers(1, 4, len(rows))
-        return self.corrupt(dataset, "consent_date", rows, [self.dialect.date(d) for d in days], "INCONSISTENT")
+        return self.corrupt(
+            dataset, "consent_date", rows, [self.dialect.date(d) for d in days], "INCONSISTENT"
+        )
 
     def end_before_onset(self, dataset: str, count: int) -> int:
         table = self.tables[dataset]
@@ -1194,8 +1437,16 @@ class DefectInjector:
 
     def flag(self, flag_type: str, dataset: str, subjects: np.ndarray, visits: Sequence[str | None]) -> int:
         for s, v in zip(subjects.tolist(), visits, strict=True):
-            self.flags.append({"source": self.trial.source, "transfer_id": self.transfer_id, "flag_type": flag_type,
-                               "dataset": dataset, "subject_id": self.trial.ids[s], "visit": v})
+            self.flags.append(
+                {
+                    "source": self.trial.source,
+                    "transfer_id": self.transfer_id,
+                    "flag_type": flag_type,
+                    "dataset": dataset,
+                    "subject_id": self.trial.ids[s],
+                    "visit": v,
+                }
+            )
         return len(subjects)
 
     def _visit_codes(self, table: Table, rows: np.ndarray) -> list[str]:
@@ -1228,7 +1479,10 @@ class DefectInjector:
         table.cols["session_date"].set(rows, [self.dialect.date(d) for d in late[rows].tolist()])
         table.used[rows] = True
         # The window counts from the dose's own row: keep that row clean so the deviation stays measurable.
-        anchors = [self.design.session_visits.index(self.design.visits[v].anchor) for v in self._visit_codes(table, rows)]
+        anchors = [
+            self.design.session_visits.index(self.design.visits[v].anchor)
+            for v in self._visit_codes(table, rows)
+        ]
         for subject, anchor in zip(table.subject[rows].tolist(), anchors, strict=True):
             table.used[table.alive & (table.subject == subject) & (table.num["visit"] == anchor)] = True
         return self.flag(flag_type, "sessions", table.subject[rows], self._visit_codes(table, rows))
@@ -1238,9 +1492,13 @@ class DefectInjector:
         table = self.tables["sessions"]
         rows = self.pick("sessions", count, table.num["iv"])
         too_short = self.rng.random(len(rows)) < 0.4
-        table.cols["infusion_min"].set(rows[too_short], [str(v) for v in self.rng.integers(20, 31, too_short.sum())])
+        table.cols["infusion_min"].set(
+            rows[too_short], [str(v) for v in self.rng.integers(20, 31, too_short.sum())]
+        )
         heavy = rows[~too_short]
-        table.cols["dose_mg"].set(heavy, [self.dialect.decimal1(round(1.25 * w)) for w in table.num["weight_kg"][heavy]])
+        table.cols["dose_mg"].set(
+            heavy, [self.dialect.decimal1(round(1.25 * w)) for w in table.num["weight_kg"][heavy]]
+        )
         table.used[rows] = True
         return self.flag(flag_type, "sessions", table.subject[rows], self._visit_codes(table, rows))
 
@@ -1307,13 +1565,17 @@ class DefectInjector:
         table.cols["severity"].set(rows, "SEVERE")
         table.cols["action"].set(rows, "DOSE_INTERRUPTED")
         table.used[rows] = True
+        self.serious_rows.extend(rows.tolist())
         return self.flag(flag_type, "adverse_events", table.subject[rows], [None] * len(rows))
 
     def flag_uncoded(self, flag_type: str, count: int) -> int:
         table = self.tables["adverse_events"]
         known = {t.strip().casefold() for t, _ in self.design.ae_terms}
         pool = np.array([t for t in UNCODED_TERMS if t.casefold() not in known], dtype=object)
-        rows = self.pick("adverse_events", count)
+        # Seriousness and coding touch different columns, so a small site's only AE may carry both.
+        serious = np.zeros(table.capacity, dtype=bool)
+        serious[self.serious_rows] = True
+        rows = self.pick("adverse_events", count, reuse=serious)
         table.cols["term"].set(rows, self.rng.choice(pool, len(rows)).tolist())
         table.used[rows] = True
         return self.flag(flag_type, "adverse_events", table.subject[rows], [None] * len(rows))
@@ -1326,6 +1588,12 @@ class DefectInjector:
         table.alive[rows] = False
         table.used[rows] = True
         return self.flag(flag_type, "assessment_items", table.subject[rows], self._visit_codes(table, rows))
+
+
+def _other_prefix(source: str) -> str:
+    """Another site's prefix, as a mistyped subject id would carry it."""
+    match = re.fullmatch(r"S(\d{2})", source)
+    return f"S{int(match.group(1)) % 99 + 1:02d}" if match else "S99"
 
 
 def _garble(text: str) -> str:
@@ -1342,17 +1610,19 @@ def _with_year(day: int, year: int) -> int:
 
 
 def inject_defects(injector: DefectInjector, rate: float, n_subjects: int) -> None:
-    """Participant-level defects first (they decide whose records follow them), then flags, then row defects."""
+    """Participant defects first (they decide whose records follow them), then flags, then row defects."""
     if rate <= 0:
         return
     rng = injector.rng
     _inject_participant_defects(injector, rate, n_subjects)
-    for flag_type, methods in FLAG_METHODS.items():
-        wanted = max(1, round(rate * n_subjects))
-        for i in rng.permutation(len(methods)).tolist():
-            wanted -= getattr(injector, methods[i])(flag_type, wanted)
-            if wanted <= 0:
-                break
+    # One of each flag first, then the rest, so scarce rows (a small site's few AEs) serve every kind.
+    extra = max(1, round(rate * n_subjects)) - 1
+    for wanted_per_kind in (1, extra):
+        for flag_type, methods in FLAG_METHODS.items():
+            wanted = wanted_per_kind
+            for i in rng.permutation(len(methods)).tolist():
+                if wanted > 0:
+                    wanted -= getattr(injector, methods[i])(flag_type, wanted)
     # At least one of every kind per site, so small trials exercise every path ...
     for kind in (*REASONS, DUPLICATE):
         options = [v for v in ROW_VARIANTS if v.kind == kind]
@@ -1429,10 +1699,10 @@ def _quote(text: str, delimiter: str) -> str:
 
 
 def _string_bytes(array: pa.Array) -> bytes:
-    """The UTF-8 bytes of a string array without a Python loop: its data buffer between first and last offset."""
+    """A string array's UTF-8 bytes without a Python loop: its data buffer from first to last offset."""
     if len(array) == 0:
         return b""
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset: array.offset + len(array) + 1]
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
     return array.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
 
 
@@ -1466,23 +1736,32 @@ def _column_order(rng: np.random.Generator, table: Table, dataset: str, shuffle:
 
 
 def write_dts_csv(export: SiteExport) -> list[WrittenFile]:
-    return [render_csv(export.tables[ds], export.columns[ds], export.dialect, DATASET_FILES[ds])
-            for ds in DATASET_FILES]
+    return [
+        render_csv(export.tables[ds], export.columns[ds], export.dialect, DATASET_FILES[ds])
+        for ds in DATASET_FILES
+    ]
 
 
 # One writer per delivery format; a later issue adds "redcap" and "dts-xlsx" here.
 SITE_WRITERS: dict[str, Callable[[SiteExport], list[WrittenFile]]] = {"dts-csv": write_dts_csv}
 
 
-def write_transfer(out: Path, study: str, source: str, transfer_id: str, fmt: str,
-                   files: Sequence[WrittenFile]) -> Path:
+def write_transfer(
+    out: Path, study: str, source: str, transfer_id: str, fmt: str, files: Sequence[WrittenFile]
+) -> Path:
     folder = out / source / transfer_id
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
         (folder / f.name).write_bytes(f.data)
-    manifest = {"study": study, "source": source, "transfer_id": transfer_id, "format": fmt,
-                "files": [{"name": f.name, "sha256": hashlib.sha256(f.data).hexdigest(), "rows": f.rows}
-                          for f in files]}
+    manifest = {
+        "study": study,
+        "source": source,
+        "transfer_id": transfer_id,
+        "format": fmt,
+        "files": [
+            {"name": f.name, "sha256": hashlib.sha256(f.data).hexdigest(), "rows": f.rows} for f in files
+        ],
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -1500,8 +1779,17 @@ def _export_day(moment: datetime, timezone: str | None) -> int:
     return (moment.astimezone(zone).date() - EPOCH).days - 1
 
 
-def build_site_export(seed: int, source: str, settings: Mapping[str, Any], design: StudyDesign, n: int,
-                      moment: datetime, transfer_id: str, profile: SiteProfile, defect_rate: float) -> SiteExport:
+def build_site_export(
+    seed: int,
+    source: str,
+    settings: Mapping[str, Any],
+    design: StudyDesign,
+    n: int,
+    moment: datetime,
+    transfer_id: str,
+    profile: SiteProfile,
+    defect_rate: float,
+) -> SiteExport:
     rng = _rng(seed, source, 0)
     dialect = Dialect.from_settings(settings)
     trial = simulate_site(rng, design, source, n, _export_day(moment, settings.get("timezone")))
@@ -1530,9 +1818,17 @@ def expected_quarantine(export: SiteExport) -> list[dict[str, Any]]:
         order = table.final_order()
         lines = np.flatnonzero(table.reason[order] != "")
         for line, row in zip((lines + 2).tolist(), order[lines].tolist(), strict=True):
-            records.append({"source": export.source, "transfer_id": export.transfer_id, "dataset": dataset,
-                            "source_file": DATASET_FILES[dataset], "source_row": line,
-                            "column": table.reason_col[row], "reason_code": table.reason[row]})
+            records.append(
+                {
+                    "source": export.source,
+                    "transfer_id": export.transfer_id,
+                    "dataset": dataset,
+                    "source_file": DATASET_FILES[dataset],
+                    "source_row": line,
+                    "column": table.reason_col[row],
+                    "reason_code": table.reason[row],
+                }
+            )
     return records
 
 
@@ -1540,14 +1836,26 @@ def _personal_data(export: SiteExport, columns: Sequence[str]) -> tuple[set[str]
     table = export.tables["participants"]
     order = table.final_order()
     values = {v for c in columns for v in table.cols[c].text(order)} - set(export.dialect.missing)
-    dates = {(EPOCH + timedelta(days=int(d))).isoformat() for d in table.num["dob"][order]} if "dob" in table.num else set()
+    dates = (
+        {(EPOCH + timedelta(days=int(d))).isoformat() for d in table.num["dob"][order]}
+        if "dob" in table.num
+        else set()
+    )
     return values, dates
 
 
 def randomization_rows(export: SiteExport) -> list[tuple[int, str, str, str, str]]:
     trial = export.trial
-    return [(int(trial.bl[s]), trial.ids[s], trial.source, str(trial.arm[s]), "ECT" if trial.prior_ect[s] else "NO_ECT")
-            for s in np.flatnonzero(trial.randomized).tolist()]
+    return [
+        (
+            int(trial.bl[s]),
+            trial.ids[s],
+            trial.source,
+            str(trial.arm[s]),
+            "ECT" if trial.prior_ect[s] else "NO_ECT",
+        )
+        for s in np.flatnonzero(trial.randomized).tolist()
+    ]
 
 
 def render_randomization(rows: Sequence[tuple[int, str, str, str, str]], dialect: Dialect) -> WrittenFile:
@@ -1570,9 +1878,16 @@ def _utc(moment: datetime | None) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def generate_trial(out: Path, *, seed: int = 7, participants_per_site: int = 30,
-                   sources: Mapping[str, Mapping[str, Any]] | None = None, defect_rate: float = 0.01,
-                   transfer_time: datetime | None = None, study: str = "KAP-TRD-01") -> GenerationReport:
+def generate_trial(
+    out: Path,
+    *,
+    seed: int = 7,
+    participants_per_site: int = 30,
+    sources: Mapping[str, Mapping[str, Any]] | None = None,
+    defect_rate: float = 0.01,
+    transfer_time: datetime | None = None,
+    study: str = "KAP-TRD-01",
+) -> GenerationReport:
     """Write one transfer per `dts-csv` source and one IWRS list under `out`, plus `generation_report.json`.
 
     Transfer ids are the export's UTC time: `transfer_time` (default 2026-06-01T02:00Z) plus ten minutes
@@ -1605,8 +1920,17 @@ def generate_trial(out: Path, *, seed: int = 7, participants_per_site: int = 30,
             report.skipped[source] = f"format {fmt!r} has no generator yet"
             continue
         moment = base + timedelta(minutes=MINUTES_BETWEEN_SOURCES * index)
-        export = build_site_export(seed, source, settings, design, participants_per_site, moment, transfer_id,
-                                   profiles[source], defect_rate)
+        export = build_site_export(
+            seed,
+            source,
+            settings,
+            design,
+            participants_per_site,
+            moment,
+            transfer_id,
+            profiles[source],
+            defect_rate,
+        )
         files = writer(export)
         folder = write_transfer(out, study, source, transfer_id, fmt, files)
         report.transfers.append((source, transfer_id, folder))
@@ -1633,8 +1957,9 @@ def generate_trial(out: Path, *, seed: int = 7, participants_per_site: int = 30,
 
     report.phi_values = sorted(phi_values)
     report.phi_dates = sorted(phi_dates)
-    summary = report.to_json(study=study, seed=seed, participants_per_site=participants_per_site,
-                             defect_rate=defect_rate)
+    summary = report.to_json(
+        study=study, seed=seed, participants_per_site=participants_per_site, defect_rate=defect_rate
+    )
     (out / "generation_report.json").write_text(_report_text(summary), encoding="utf-8")
     return report
 

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from flows.conform import collapse_select, conform_select, quote_ident
-from flows.read import ROW, ReadFile, inspect_file, load_file
+from flows.read import RECORD, ROW, ReadFile, inspect_file, load_file
 from flows.validate import (
     conflicting_duplicates_sql,
     malformed_findings,
@@ -28,7 +28,7 @@ from flows.verify import Rejected, VerifiedTransfer
 from flows.warehouse import create_valid_tables
 from schemas.datasets import DATASETS, Dataset
 
-QUARANTINE_SCHEMA = pa.schema([("source_row", pa.int64()), ("reason_code", pa.string()),
+QUARANTINE_SCHEMA = pa.schema([(RECORD, pa.int64()), ("source_row", pa.int64()), ("reason_code", pa.string()),
                                ("column_name", pa.string()), ("value", pa.string()), ("detail", pa.string()),
                                ("conformed_column", pa.string()), ("subject_id", pa.string())])
 
@@ -106,7 +106,7 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
         insert into valid_{ds}
         select {columns}, null, ?, ?, ?, {ROW}
         from conf_{ds}
-        where {ROW} not in (select source_row from quarantine_{ds} where source_row is not null)""",
+        where {RECORD} not in (select {RECORD} from quarantine_{ds} where {RECORD} is not null)""",
                 [transfer.source.source_id, transfer.transfer_id, rf.path.name])
     landed = con.execute(f"select count(*) from valid_{ds}").fetchone()[0]
     collapsed = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone()[0]

@@ -22,7 +22,8 @@ from flows.registry import Source
 from flows.verify import Rejected, text_encoding
 from schemas.datasets import PERSONAL_DATA_COLUMNS, Dataset
 
-ROW = "_row"
+ROW = "_row"  # the line (or sheet row) a record starts on: lineage
+RECORD = "_record"  # a delivered record's identity; one source row may hold several records
 BLOCK_SIZE = 16 << 20
 HEADER_PEEK = 1 << 16
 
@@ -107,7 +108,7 @@ def count_newlines(path: Path) -> tuple[int, bool]:
 
 
 def _schema(columns: list[str]) -> pa.Schema:
-    return pa.schema([(c, pa.string()) for c in columns] + [(ROW, pa.int64())])
+    return pa.schema([(c, pa.string()) for c in columns] + [(ROW, pa.int64()), (RECORD, pa.int64())])
 
 
 def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
@@ -138,8 +139,8 @@ def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
         if malformed:
             rf.needs_exact_lines = True
             return
-        yield pa.RecordBatch.from_arrays(
-            [*batch.columns, pa.array(range(line, line + batch.num_rows), pa.int64())], schema=_schema(rf.columns))
+        lines = pa.array(range(line, line + batch.num_rows), pa.int64())
+        yield pa.RecordBatch.from_arrays([*batch.columns, lines, lines], schema=_schema(rf.columns))
         line += batch.num_rows
     rf.needs_exact_lines = bool(malformed)
     rf.records = line - 2
@@ -176,7 +177,8 @@ def _stream_exact(rf: ReadFile, batch_rows: int = 200_000) -> Iterator[pa.Record
 
 
 def _batch(rf: ReadFile, buffers: list[list[str]], lines: list[int]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([*(pa.array(b, pa.string()) for b in buffers), pa.array(lines, pa.int64())],
+    starts = pa.array(lines, pa.int64())
+    return pa.RecordBatch.from_arrays([*(pa.array(b, pa.string()) for b in buffers), starts, starts],
                                       schema=_schema(rf.columns))
 
 

@@ -17,18 +17,18 @@ import polars as pl
 import pyarrow as pa_arrow
 
 from flows.conform import BAD, RAW, UNIT, quote_ident, quote_literal
-from flows.read import ROW, MalformedRecord
+from flows.read import RECORD, ROW, MalformedRecord
 from schemas.datasets import REASON_ORDER, Dataset
 
 BATCH_ROWS = 1_000_000
-FINDING_SCHEMA = pa_arrow.schema([(ROW, pa_arrow.int64()), ("reason_code", pa_arrow.string()),
+FINDING_SCHEMA = pa_arrow.schema([(RECORD, pa_arrow.int64()), ("reason_code", pa_arrow.string()),
                                   ("column_name", pa_arrow.string()), ("detail", pa_arrow.string())])
 RANK = {reason: i for i, reason in enumerate(REASON_ORDER)}
 
 
 @dataclass(frozen=True)
 class Finding:
-    row: int
+    record: int
     reason_code: str
     column_name: str
     detail: str
@@ -57,30 +57,31 @@ def model_findings(dataset: Dataset, batch: pl.DataFrame) -> list[Finding]:
         cases = errors.failure_cases
     else:
         return []
-    rows = batch.get_column(ROW)
+    records = batch.get_column(RECORD)
     findings = []
     for context, column, check, index in cases.select(
             "schema_context", "column", "check", "index").iter_rows():
         if index is None:
             raise RuntimeError(f"{dataset.name}: table-level check {check!r} failed on {column}")
         reason, target = reason_of_failure(dataset, context, column, check)
-        findings.append(Finding(int(rows[index]), reason, target, check))
+        findings.append(Finding(int(records[index]), reason, target, check))
     return findings
 
 
 def run_model(con: duckdb.DuckDBPyConnection, dataset: Dataset, conformed: str) -> pa_arrow.Table:
     """Pandera over the conformed table, batch by batch, so memory stays flat."""
-    columns = ", ".join([ROW] + [quote_ident(c.name) for c in dataset.columns])
+    columns = ", ".join([RECORD] + [quote_ident(c.name) for c in dataset.columns])
     reader = con.sql(f"select {columns} from {conformed}").fetch_record_batch(BATCH_ROWS)
     findings: list[Finding] = []
     for batch in reader:
         findings += model_findings(dataset, pl.from_arrow(batch))
-    return pa_arrow.Table.from_pylist([f.__dict__ | {ROW: f.row} for f in findings], schema=FINDING_SCHEMA) \
-        if findings else FINDING_SCHEMA.empty_table()
+    rows = [{RECORD: f.record, "reason_code": f.reason_code, "column_name": f.column_name, "detail": f.detail}
+            for f in findings]
+    return pa_arrow.Table.from_pylist(rows, schema=FINDING_SCHEMA)
 
 
 def unparseable_sql(dataset: Dataset, conformed: str) -> str:
-    parts = [f"select {ROW}, 'UNPARSEABLE' as reason_code, {quote_literal(c.name)} as column_name, "
+    parts = [f"select {RECORD}, 'UNPARSEABLE' as reason_code, {quote_literal(c.name)} as column_name, "
              f"{quote_literal(c.kind)} as detail from {conformed} where {quote_ident(c.name + BAD)}"
              for c in dataset.columns]
     return "\nunion all\n".join(parts)
@@ -92,7 +93,7 @@ def unknown_subject_sql(conformed: str, source_id: str, known_subjects: str | No
     unknown = prefix if known_subjects is None else (
         f"{prefix} or subject_id not in (select subject_id from {known_subjects})")
     detail = f"case when {prefix} then 'other site' else 'not landing' end"
-    return (f"select {ROW}, 'UNKNOWN_SUBJECT', 'subject_id', {detail} from {conformed} "
+    return (f"select {RECORD}, 'UNKNOWN_SUBJECT', 'subject_id', {detail} from {conformed} "
             f"where subject_id is not null and ({unknown})")
 
 
@@ -116,7 +117,7 @@ def conflicting_duplicates_sql(dataset: Dataset, conformed: str) -> str:
             from duplicated
             group by {key}
         )
-        select duplicated.{ROW}, 'CONFLICTING_DUPLICATE', conflicts.column_name,
+        select duplicated.{RECORD}, 'CONFLICTING_DUPLICATE', conflicts.column_name,
                conflicts.copies::varchar || ' records share this key'
         from duplicated join conflicts using ({key})"""
 
@@ -132,15 +133,15 @@ def quarantine_select(dataset: Dataset, conformed: str, findings: str) -> str:
     unit = "case findings.column_name " + " ".join(
         f"when {quote_literal(c.name)} then conformed.{quote_ident(c.name + UNIT)}" for c in dataset.columns) + " end"
     return f"""
-        select distinct on (findings.{ROW})
-               findings.{ROW} as source_row, findings.reason_code, {unit} as column_name, {value} as value,
-               findings.detail, findings.column_name as conformed_column, conformed.subject_id
+        select distinct on (findings.{RECORD})
+               findings.{RECORD}, conformed.{ROW} as source_row, findings.reason_code, {unit} as column_name,
+               {value} as value, findings.detail, findings.column_name as conformed_column, conformed.subject_id
         from {findings} as findings
-        join {conformed} as conformed using ({ROW})
-        order by findings.{ROW}, {reason_rank}, {column_order}"""
+        join {conformed} as conformed using ({RECORD})
+        order by findings.{RECORD}, {reason_rank}, {column_order}"""
 
 
 def malformed_findings(records: list[MalformedRecord]) -> list[dict[str, object]]:
-    return [{"source_row": m.line, "reason_code": "UNPARSEABLE", "column_name": None, "value": None,
+    return [{RECORD: None, "source_row": m.line, "reason_code": "UNPARSEABLE", "column_name": None, "value": None,
              "detail": f"the record has {m.fields} fields where the header has {m.expected}",
              "conformed_column": None, "subject_id": None} for m in records]

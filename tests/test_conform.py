@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from flows.conform import BAD, RAW, UNIT, collapse_select, conform_select, quote_ident, quote_literal
-from flows.read import ROW
+from flows.read import RECORD, ROW
 from flows.registry import Source
 from schemas.datasets import DATASETS, LB_TO_KG
 from tests.helpers import header_of, record_text, source
@@ -33,9 +33,9 @@ def conform(con: duckdb.DuckDBPyConnection, dataset: str, src: Source,
     identical ones and conform them; the conformed rows by line."""
     delivered = list(records[0])
     columns = ", ".join(f"{quote_ident(c)} varchar" for c in delivered)
-    con.execute(f"create or replace temp table raw ({columns}, {ROW} bigint)")
-    con.executemany(f"insert into raw values ({', '.join('?' * (len(delivered) + 1))})",
-                    [[r[c] for c in delivered] + [line] for line, r in enumerate(records, start=2)])
+    con.execute(f"create or replace temp table raw ({columns}, {ROW} bigint, {RECORD} bigint)")
+    con.executemany(f"insert into raw values ({', '.join('?' * (len(delivered) + 2))})",
+                    [[r[c] for c in delivered] + [line, line] for line, r in enumerate(records, start=2)])
     con.execute(f"create or replace temp table dedup as {collapse_select(delivered, 'raw')}")
     relation = con.sql(conform_select(DATASETS[dataset], src, delivered, "dedup") + f" order by {ROW}")
     return [dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()]
@@ -207,7 +207,7 @@ def test_every_column_has_its_typed_value_raw_text_bad_flag_and_unit(con: duckdb
                                                                      dataset: str) -> None:
     [row] = conform(con, dataset, S01, [record_text(dataset, S01)])
     suffixes = ("", RAW, BAD, UNIT)
-    expected = [ROW, "_copies"] + [f"{c}{suffix}" for c in header_of(dataset) for suffix in suffixes]
+    expected = [RECORD, ROW, "_copies"] + [f"{c}{suffix}" for c in header_of(dataset) for suffix in suffixes]
     assert list(row) == expected
     assert row[ROW] == 2
     assert not any(row[c + BAD] for c in header_of(dataset))
@@ -239,11 +239,11 @@ def test_records_differing_in_one_value_do_not_collapse(con: duckdb.DuckDBPyConn
 
 
 def test_collapse_compares_only_the_columns_it_is_given(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"create or replace temp table raw (a varchar, b varchar, {ROW} bigint)")
-    con.execute("insert into raw values ('x', '1', 2), ('x', '2', 3), ('x', '1', 4)")
-    assert con.sql(collapse_select(["a"], "raw")).fetchall() == [(2, 2, "x")]
+    con.execute(f"create or replace temp table raw (a varchar, b varchar, {ROW} bigint, {RECORD} bigint)")
+    con.execute("insert into raw values ('x', '1', 2, 2), ('x', '2', 3, 3), ('x', '1', 4, 4)")
+    assert con.sql(collapse_select(["a"], "raw")).fetchall() == [(2, 2, 2, "x")]
     collapsed = sorted(con.sql(collapse_select(["a", "b"], "raw")).fetchall())
-    assert collapsed == [(2, 1, "x", "1"), (3, 0, "x", "2")]
+    assert collapsed == [(2, 2, 1, "x", "1"), (3, 3, 0, "x", "2")]
 
 
 # --- quoting ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
-from flows.read import ROW
+from flows.read import RECORD
 from flows.validate import FINDING_SCHEMA, model_findings, reason_of_failure, run_model
 from schemas.datasets import DATASETS, REASON_ORDER
 from tests.helpers import GOOD_RECORDS
@@ -31,8 +31,8 @@ Change = Mapping[str, Any]
 
 def frame(dataset: str, *changes: Change) -> pl.DataFrame:
     """Conformed records of `dataset`: the good record with each of `changes` applied, on lines 2, 3, ..."""
-    schema = {ROW: pl.Int64(), **{c.name: POLARS_TYPES[c.kind] for c in DATASETS[dataset].columns}}
-    rows = [{ROW: line, **GOOD_RECORDS[dataset], **change} for line, change in enumerate(changes, start=2)]
+    schema = {RECORD: pl.Int64(), **{c.name: POLARS_TYPES[c.kind] for c in DATASETS[dataset].columns}}
+    rows = [{RECORD: line, **GOOD_RECORDS[dataset], **change} for line, change in enumerate(changes, start=2)]
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -40,7 +40,7 @@ def findings(dataset: str, *changes: Change) -> dict[int, set[tuple[str, str]]]:
     """{line: {(reason, column)}} of the records with findings."""
     found: dict[int, set[tuple[str, str]]] = {}
     for f in model_findings(DATASETS[dataset], frame(dataset, *changes)):
-        found.setdefault(f.row, set()).add((f.reason_code, f.column_name))
+        found.setdefault(f.record, set()).add((f.reason_code, f.column_name))
     return found
 
 
@@ -338,10 +338,10 @@ def test_every_finding_of_a_record_is_reported_with_its_line() -> None:
                      4: {("MISSING_REQUIRED", "hr")}}
 
 
-def test_findings_carry_the_records_line_not_its_position() -> None:
-    batch = frame("vitals", {}, {"spo2": 49}).with_columns(pl.Series(ROW, [17, 42]))
+def test_findings_carry_the_records_identity_not_its_position() -> None:
+    batch = frame("vitals", {}, {"spo2": 49}).with_columns(pl.Series(RECORD, [17, 42]))
     [finding] = model_findings(DATASETS["vitals"], batch)
-    assert (finding.row, finding.reason_code, finding.column_name) == (42, "OUT_OF_RANGE", "spo2")
+    assert (finding.record, finding.reason_code, finding.column_name) == (42, "OUT_OF_RANGE", "spo2")
 
 
 def test_time_values_are_accepted_over_the_whole_day() -> None:
@@ -424,7 +424,7 @@ def test_run_model_returns_one_finding_row_per_failed_rule(con: duckdb.DuckDBPyC
     store(con, "conf_vitals", frame("vitals", {}, {"spo2": 101}, {"measured_time": None, "dbp": 130}))
     table = run_model(con, DATASETS["vitals"], "conf_vitals")
     assert table.schema == FINDING_SCHEMA
-    assert sorted((r[ROW], r["reason_code"], r["column_name"]) for r in table.to_pylist()) == [
+    assert sorted((r[RECORD], r["reason_code"], r["column_name"]) for r in table.to_pylist()) == [
         (3, "OUT_OF_RANGE", "spo2"), (4, "INCONSISTENT", "dbp"), (4, "MISSING_REQUIRED", "measured_time")]
 
 

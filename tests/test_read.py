@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows.read import ROW, MalformedRecord, ReadFile, inspect_file, load_file
+from flows.read import RECORD, ROW, MalformedRecord, ReadFile, inspect_file, load_file
 from flows.registry import Source
 from flows.verify import Rejected
 from schemas.datasets import DATASETS
@@ -166,8 +166,8 @@ def test_comma_dialect_loads_every_value_as_delivered_text(tmp_path: Path,
     assert rf.records == 1
     assert con.sql("select * from raw").fetchall() == [
         ("S01-0001", "AE001", "Headache", "2026-01-12", "2026-01-13", "MILD", "N", "POSSIBLE", "RECOVERED",
-         "NONE", 2)]
-    assert table_columns(con) == [*header_of("adverse_events"), ROW]
+         "NONE", 2, 2)]
+    assert table_columns(con) == [*header_of("adverse_events"), ROW, RECORD]
 
 
 def test_semicolon_dialect_with_decimal_commas_loads_as_delivered(tmp_path: Path,
@@ -217,7 +217,7 @@ def test_personal_data_column_never_reaches_the_table(tmp_path: Path, con: duckd
     row = record_text("participants", S01) | {"initials": "Q.X.Z.", "date_of_birth": "1980-04-17"}
     rf = load(con, write(tmp_path, csv_bytes(header, [row], S01), "participants.csv"), S01, "participants")
     assert rf.personal_data == ["initials", "date_of_birth"]
-    assert table_columns(con) == [*header_of("participants"), ROW]
+    assert table_columns(con) == [*header_of("participants"), ROW, RECORD]
     values = {str(v) for row in con.sql("select * from raw").fetchall() for v in row}
     assert values.isdisjoint({"Q.X.Z.", "1980-04-17"})
 
@@ -299,7 +299,7 @@ def test_header_only_file_is_valid_with_no_records(tmp_path: Path, con: duckdb.D
     assert rf.records == 0
     assert rf.malformed == []
     assert con.sql("select count(*) from raw").fetchall() == [(0,)]
-    assert table_columns(con) == [*header_of("adverse_events"), ROW]
+    assert table_columns(con) == [*header_of("adverse_events"), ROW, RECORD]
 
 
 def test_header_without_a_final_newline_is_valid_with_no_records(tmp_path: Path,
