@@ -35,6 +35,8 @@ MINUTES_BETWEEN_SOURCES = 10
 ENROLMENT_SPAN_DAYS = 150
 EPOCH = date(1970, 1, 1)
 IWRS_FORMAT = "iwrs"
+# Hidden, so that an inbox reader passes it over like any dotfile: it is no delivery.
+REPORT_FILE = ".generation_report.json"
 SCREENING, BASELINE = "SCR", "BL"
 ARMS = ("KAP", "KET", "ACP")
 KETAMINE_ARMS = ("KAP", "KET")
@@ -1888,7 +1890,7 @@ def generate_trial(
     transfer_time: datetime | None = None,
     study: str = "KAP-TRD-01",
 ) -> GenerationReport:
-    """Write one transfer per `dts-csv` source and one IWRS list under `out`, plus `generation_report.json`.
+    """Write one transfer per `dts-csv` source and one IWRS list under `out`, plus the report `.generation_report.json`.
 
     Transfer ids are the export's UTC time: `transfer_time` (default 2026-06-01T02:00Z) plus ten minutes
     per position of the source in the registry, so the same arguments give byte-identical output.
@@ -1960,7 +1962,7 @@ def generate_trial(
     summary = report.to_json(
         study=study, seed=seed, participants_per_site=participants_per_site, defect_rate=defect_rate
     )
-    (out / "generation_report.json").write_text(_report_text(summary), encoding="utf-8")
+    (out / REPORT_FILE).write_text(_report_text(summary), encoding="utf-8")
     return report
 
 

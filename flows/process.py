@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 
 from flows.conform import collapse_select, conform_select, quote_ident
-from flows.read import RECORD, ROW, ReadFile, inspect_file, load_file
+from flows.read import RECORD, ROW, RawDataset, read_dts_csv
 from flows.validate import (
     conflicting_duplicates_sql,
     malformed_findings,
@@ -24,10 +25,11 @@ from flows.validate import (
     unknown_subject_sql,
     unparseable_sql,
 )
-from flows.verify import Rejected, VerifiedTransfer
+from flows.verify import VerifiedTransfer
 from flows.warehouse import create_valid_tables
 from schemas.datasets import DATASETS, Dataset
 
+FORM_STATUS = "_form_status"  # passthrough of formats whose forms carry a status (REDCap)
 QUARANTINE_SCHEMA = pa.schema([(RECORD, pa.int64()), ("source_row", pa.int64()), ("reason_code", pa.string()),
                                ("column_name", pa.string()), ("value", pa.string()), ("detail", pa.string()),
                                ("conformed_column", pa.string()), ("subject_id", pa.string())])
@@ -56,37 +58,21 @@ class ProcessedTransfer:
     seconds: dict[str, float]
 
 
-def expected_rows(transfer: VerifiedTransfer, file_name: str) -> int:
-    rows = transfer.files[file_name].rows
-    if not isinstance(rows, int):
-        raise Rejected(f"manifest rows of {file_name} must be a number for a CSV file")
-    return rows
+# One reader per format: each loads the transfer's datasets as text tables (stage 3).
+READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, VerifiedTransfer], dict[str, RawDataset]]] = {
+    "dts-csv": read_dts_csv,
+}
 
 
-def inspect_files(transfer: VerifiedTransfer) -> dict[str, ReadFile]:
-    """Every dataset file's header, checked before any file is parsed."""
-    return {name: inspect_file(transfer.files[d.file].path, d, transfer.source) for name, d in DATASETS.items()}
-
-
-def header_warnings(files: dict[str, ReadFile]) -> list[str]:
-    warnings = []
-    for rf in files.values():
-        if rf.personal_data:
-            warnings.append(f"personal data received: {rf.path.name} held column(s) "
-                            f"{', '.join(rf.personal_data)}, dropped and never stored")
-        if rf.ignored:
-            warnings.append(f"{rf.path.name}: extra column(s) {', '.join(rf.ignored)} ignored")
-    return warnings
-
-
-def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer, rf: ReadFile,
+def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer, rf: RawDataset,
                      known_subjects: str | None) -> DatasetLoad:
-    """Conform and validate one loaded file; leaves `valid_<ds>` and `quarantine_<ds>` tables."""
+    """Conform and validate one loaded dataset; leaves `valid_<ds>` and `quarantine_<ds>` tables."""
     dataset: Dataset = rf.dataset
     ds = dataset.name
-    con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(rf.columns, f'raw_{ds}')}")
+    identity = [*rf.columns, *rf.passthrough]
+    con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(identity, rf.table)}")
     con.execute(f"create or replace temp table conf_{ds} as "
-                f"{conform_select(dataset, transfer.source, rf.columns, f'dedup_{ds}')}")
+                f"{conform_select(dataset, transfer.source, rf.columns, f'dedup_{ds}', rf.passthrough)}")
     con.register(f"model_findings_{ds}", run_model(con, dataset, f"conf_{ds}"))
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
     con.execute(f"""
@@ -102,42 +88,39 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     con.unregister(f"model_findings_{ds}")
     con.unregister(f"malformed_{ds}")
     columns = ", ".join(quote_ident(c.name) for c in dataset.columns)
+    form_status = FORM_STATUS if FORM_STATUS in rf.passthrough else "null"
     con.execute(f"""
         insert into valid_{ds}
-        select {columns}, null, ?, ?, ?, {ROW}
+        select {columns}, {form_status}, ?, ?, ?, {ROW}
         from conf_{ds}
         where {RECORD} not in (select {RECORD} from quarantine_{ds} where {RECORD} is not null)""",
-                [transfer.source.source_id, transfer.transfer_id, rf.path.name])
+                [transfer.source.source_id, transfer.transfer_id, rf.source_file])
     landed = con.execute(f"select count(*) from valid_{ds}").fetchone()[0]
     collapsed = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone()[0]
     by_reason = Counter(dict(con.execute(
         f"select reason_code, count(*) from quarantine_{ds} group by 1").fetchall()))
-    load = DatasetLoad(ds, rf.path.name, rf.records, landed, sum(by_reason.values()), int(collapsed), by_reason)
+    load = DatasetLoad(ds, rf.source_file, rf.records, landed, sum(by_reason.values()), int(collapsed), by_reason)
     if not load.balanced:
-        raise RuntimeError(f"{rf.path.name}: accounting does not balance ({load})")
+        raise RuntimeError(f"{rf.source_file}: accounting does not balance ({load})")
     return load
 
 
 def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> ProcessedTransfer:
-    """Read, conform and validate every dataset of a dts-csv transfer, participants first (the
-    others need to know which subjects land)."""
+    """Read, conform and validate every dataset of a transfer, participants first (the others
+    need to know which subjects land)."""
     seconds: Counter[str] = Counter()
     start = time.perf_counter()
-    files = inspect_files(transfer)
     create_valid_tables(con)
-    for ds, rf in files.items():
-        load_file(con, rf, f"raw_{ds}")
-        if rf.records != expected_rows(transfer, rf.path.name):
-            raise Rejected(f"{rf.path.name} holds {rf.records} data rows; the manifest says "
-                           f"{expected_rows(transfer, rf.path.name)}")
+    raw = READERS[transfer.format](con, transfer)
     seconds["read"] = time.perf_counter() - start
     start = time.perf_counter()
     loads = []
-    for ds, rf in files.items():
+    for ds in DATASETS:
         known = None if ds == "participants" else "valid_participants"
-        loads.append(validate_dataset(con, transfer, rf, known))
+        loads.append(validate_dataset(con, transfer, raw[ds], known))
     seconds["validate"] = time.perf_counter() - start
-    return ProcessedTransfer(transfer, loads, [*transfer.warnings, *header_warnings(files)], dict(seconds))
+    warnings = [*transfer.warnings, *(w for r in raw.values() for w in r.warnings())]
+    return ProcessedTransfer(transfer, loads, warnings, dict(seconds))
 
 
 def drop_scratch(con: duckdb.DuckDBPyConnection) -> None:

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from flows.registry import Source
-from flows.verify import Rejected, text_encoding
-from schemas.datasets import PERSONAL_DATA_COLUMNS, Dataset
+from flows.verify import Rejected, VerifiedTransfer, text_encoding
+from schemas.datasets import DATASETS, PERSONAL_DATA_COLUMNS, Dataset
 
 ROW = "_row"  # the line (or sheet row) a record starts on: lineage
 RECORD = "_record"  # a delivered record's identity; one source row may hold several records
@@ -68,6 +68,35 @@ def read_header(path: Path, encoding: str, delimiter: str) -> list[str]:
         raise Rejected(f"{path.name} is empty: it has no header") from None
     except csv.Error as exc:
         raise Rejected(f"{path.name}: the header cannot be read as CSV with delimiter {delimiter!r}: {exc}") from None
+
+
+@dataclass
+class RawDataset:
+    """One dataset of a transfer, loaded as text into a DuckDB table, whatever the format.
+
+    The table holds the delivered `columns` (named as the dataset or its unit alternatives know
+    them), `_row` (lineage: the line or sheet row), `_record` (identity) and any `passthrough`
+    columns a format adds (a REDCap form status).
+    """
+
+    dataset: Dataset
+    table: str
+    source_file: str  # lineage: the file, or `workbook!sheet`
+    columns: list[str]
+    records: int  # delivered records, malformed ones included
+    malformed: list[MalformedRecord] = field(default_factory=list)
+    personal_data: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    passthrough: tuple[str, ...] = ()
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.personal_data:
+            notes.append(f"personal data received: {self.source_file} held column(s) "
+                         f"{', '.join(self.personal_data)}, dropped and never stored")
+        if self.ignored:
+            notes.append(f"{self.source_file}: extra column(s) {', '.join(self.ignored)} ignored")
+        return notes
 
 
 def inspect_file(path: Path, dataset: Dataset, source: Source) -> ReadFile:
@@ -214,3 +243,25 @@ def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
         _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_exact(rf))))
     if rf.error is not None:
         raise Rejected(rf.error)
+
+
+def expected_rows(transfer: VerifiedTransfer, file_name: str) -> int:
+    rows = transfer.files[file_name].rows
+    if not isinstance(rows, int) or isinstance(rows, bool):
+        raise Rejected(f"manifest rows of {file_name} must be a number for a CSV file")
+    return rows
+
+
+def read_dts_csv(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> dict[str, RawDataset]:
+    """The five files of a `dts-csv` transfer: every header checked before any file is parsed,
+    then each file streamed into `raw_<dataset>` and its record count held against the manifest."""
+    files = {name: inspect_file(transfer.files[d.file].path, d, transfer.source) for name, d in DATASETS.items()}
+    raw = {}
+    for name, rf in files.items():
+        load_file(con, rf, f"raw_{name}")
+        if rf.records != expected_rows(transfer, rf.path.name):
+            raise Rejected(f"{rf.path.name} holds {rf.records} data rows; the manifest says "
+                           f"{expected_rows(transfer, rf.path.name)}")
+        raw[name] = RawDataset(rf.dataset, f"raw_{name}", rf.path.name, rf.columns, rf.records, rf.malformed,
+                               rf.personal_data, rf.ignored)
+    return raw

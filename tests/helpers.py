@@ -1,23 +1,28 @@
 """Builders for tiny, hand-made deliveries (DTS §2.1, §3), shared by the tests.
 
-The API, all plain functions and constants:
+Import as `from tests.helpers import ...`. Plain functions and constants only:
 
-- `source(source_id, **changes)`: a `flows.registry.Source` from the real registry
-  (`schemas/sources.yaml`), optionally with some settings replaced (`delimiter=";"`, ...).
-- `GOOD_RECORDS`: one valid record per dataset (keyed by dataset name, e.g. `"vitals"`), with
-  typed Python values (`date`, `float`, `int`, `str`, `None` for "not delivered").
-- `record_text(dataset, source, **changes)`: a good record as the delivered text strings of a
-  site (its date format, decimal separator, subject prefix); `changes` replace values, given as
-  the exact text to deliver.
-- `csv_bytes(header, rows, source)`: a CSV file in a site's dialect (delimiter, encoding).
-- `dataset_file(dataset, source, rows=None)`: a dataset's file: its full header and the given
-  text rows (default: the good record).
-- `dts_csv_files(source)`: the five files of a `dts-csv` transfer, one good record each.
-- `sha256_hex(data)`, `manifest_entry(name, data, rows=None)`, `count_records(data, source)`.
-- `write_transfer(inbox, source_id, transfer_id, files, ...)`: writes
-  `inbox/<source>/<transfer_id>/` with the files and a matching `manifest.json` and returns the
-  `flows.discover.TransferRef`; manifest fields and the listing can be overridden to build
-  defective transfers.
+- `source(source_id="S01", **changes)`: a `flows.registry.Source` from the real registry
+  (`schemas/sources.yaml`), optionally with settings replaced, e.g. `source("S01", delimiter=";")`.
+- `GOOD_RECORDS`: one valid record per dataset (keyed by dataset name: "participants", "sessions",
+  "vitals", "assessment_items", "adverse_events"), typed Python values (`date`, `time`, `int`,
+  `float`, `str`; `None` = no value). They pass every pandera model of `schemas/datasets.py`.
+- `record_text(dataset, src, **changes)`: the good record as `src` delivers it (its date format,
+  decimal separator and subject prefix, e.g. `S02-0001`); `changes` are exact texts to deliver.
+- `header_of(dataset)`: every column of the dataset, in model order.
+- `csv_text(header, rows, delimiter=",", newline="\n")`, `csv_bytes(header, rows, src)`: CSV text /
+  bytes in a site's dialect; rows are sequences or mappings keyed by header names.
+- `dataset_file(dataset, src, rows=None)`: a dataset's file at `src` (full header; default one
+  good record).
+- `dts_csv_files(src)`: the five files of a valid dts-csv transfer, by file name.
+- `sha256_hex(data)`, `count_records(data, src)`, `manifest_entry(name, data, rows=None, src=None)`,
+  `manifest(source_id, transfer_id, entries, fmt="dts-csv", study=STUDY)`.
+- `write_transfer(inbox, source_id, transfer_id=TRANSFER_ID, files=None, *, listed=None,
+  folder=None, manifest_changes=None, manifest_text=None)`: writes `inbox/<source>/<folder>/` with
+  the files (default `dts_csv_files`) and a matching `manifest.json`; returns the
+  `flows.discover.TransferRef`. The keyword arguments build defective transfers: list only some
+  files, use another folder name, replace or drop manifest keys (a value of `None` drops it), or
+  write an exact manifest text.
 """
 
 from __future__ import annotations
@@ -139,10 +144,12 @@ def sha256_hex(data: bytes) -> str:
 def count_records(data: bytes, src: Source) -> int:
     """Data records of a CSV file (blank lines and the header not counted)."""
     text = data.decode(src.encoding or "utf-8", errors="replace")
-    return max(sum(1 for r in csv.reader(io.StringIO(text, newline=""), delimiter=src.delimiter or ",") if r) - 1, 0)
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=src.delimiter or ",")
+    return max(sum(1 for r in records if r) - 1, 0)
 
 
-def manifest_entry(name: str, data: bytes, rows: int | None = None, src: Source | None = None) -> dict[str, Any]:
+def manifest_entry(name: str, data: bytes, rows: int | None = None,
+                   src: Source | None = None) -> dict[str, Any]:
     """A manifest `files` entry that matches `data`."""
     count = rows if rows is not None else count_records(data, src or source())
     return {"name": name, "sha256": sha256_hex(data), "rows": count}
