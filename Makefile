@@ -30,7 +30,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 demo: env
 	$(BIN)/kaptrial generate --out $(DEMO_INBOX) --participants-per-site $(PARTICIPANTS)
 	$(BIN)/kaptrial ingest --inbox $(DEMO_INBOX) --warehouse $(WAREHOUSE)
-	@echo "Warehouse: $(CURDIR)/$(WAREHOUSE)/kap.duckdb — try: $(BIN)/kaptrial status --warehouse $(WAREHOUSE)"
+	@echo "Next: $(BIN)/kaptrial status --warehouse $(WAREHOUSE)"
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -14,44 +15,50 @@ STATUS_STYLE = {"LANDED": "green", "REJECTED": "red", "PENDING": "yellow", "LATE
                 "DUPLICATE": "cyan", "WAITING": "yellow", "SKIPPED": "dim"}
 
 
-def reasons_text(by_reason: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items())) or "—"
-
-
 def print_summary(summary: RunSummary, console: Console) -> None:
-    transfers = Table(title=f"Transfers (run {summary.run_id})")
-    for column in ("source", "transfer", "status", "reason / warnings"):
-        transfers.add_column(column)
+    """The run at a glance, readable in 80 columns: transfers, rows per dataset, quarantine by reason."""
+    transfers = Table(title=f"Transfers (run {summary.run_id})", box=box.SIMPLE_HEAD)
+    transfers.add_column("source", no_wrap=True)
+    transfers.add_column("transfer", no_wrap=True)
+    transfers.add_column("status", no_wrap=True)
+    transfers.add_column("reason / warnings")
     for r in summary.receipts:
         if r.status == "SKIPPED":
             continue
         style = STATUS_STYLE.get(r.status, "")
-        transfers.add_row(r.source, r.transfer_id, f"[{style}]{r.status}[/]", "\n".join(
-            ([r.reason] if r.reason else []) + r.warnings) or "—")
-    skipped = summary.count("SKIPPED")
+        transfers.add_row(r.source, r.transfer_id, f"[{style}]{r.status}[/]",
+                          "\n".join(([r.reason] if r.reason else []) + r.warnings) or "—")
     console.print(transfers)
+    skipped = summary.count("SKIPPED")
     if skipped:
         console.print(f"{skipped} transfer folder(s) already processed in earlier runs were left as they are.")
     if summary.loads:
-        loads = Table(title="Rows by source and dataset")
-        for column in ("source", "transfer", "dataset", "delivered", "landed", "quarantined", "duplicates",
-                       "quarantined by reason"):
-            loads.add_column(column, justify="right" if column in ("delivered", "landed", "quarantined",
-                                                                   "duplicates") else "left")
+        loads = Table(title="Rows by source and dataset", box=box.SIMPLE_HEAD)
+        loads.add_column("source", no_wrap=True)
+        loads.add_column("dataset", no_wrap=True)
+        for column in ("delivered", "landed", "quarantined", "duplicates"):
+            loads.add_column(column, justify="right", no_wrap=True)
+        reasons = Table(title="Quarantined by reason", box=box.SIMPLE_HEAD)
+        for column in ("source", "dataset", "reason", "records"):
+            reasons.add_column(column, justify="right" if column == "records" else "left", no_wrap=True)
         for receipt, load in summary.loads:
-            loads.add_row(receipt.source, receipt.transfer_id, load.dataset, str(load.delivered), str(load.landed),
-                          str(load.quarantined), str(load.duplicates_collapsed),
-                          reasons_text(load.quarantined_by_reason))
+            loads.add_row(receipt.source, load.dataset, f"{load.delivered:,}", f"{load.landed:,}",
+                          f"{load.quarantined:,}", f"{load.duplicates_collapsed:,}")
+            for reason, n in sorted(load.quarantined_by_reason.items()):
+                reasons.add_row(receipt.source, load.dataset, reason, f"{n:,}")
         console.print(loads)
+        if reasons.row_count:
+            console.print(reasons)
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     warehouse = Path(summary.warehouse).resolve()
-    console.print(f"Warehouse: {warehouse / 'kap.duckdb'} (Parquet under {warehouse / 'parquet'})")
+    console.print(f"Warehouse: {warehouse / 'kap.duckdb'}")
+    console.print(f"Parquet:   {warehouse / 'parquet'}")
 
 
 def _table(con: duckdb.DuckDBPyConnection, title: str, query: str) -> Table:
     cursor = con.execute(query)
-    table = Table(title=title)
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for d in cursor.description:
         table.add_column(d[0])
     for row in cursor.fetchall():
