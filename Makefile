@@ -7,6 +7,8 @@ UV_VERSION := 0.13.8
 DEMO_INBOX ?= demo/inbox
 WAREHOUSE ?= warehouse
 PARTICIPANTS ?= 30
+# The demo's unblinded key: a demo value, said so when used. A real trial's key lives in a secret store.
+DEMO_KEY ?= demo-key-not-secret
 
 # Offline hygiene: no telemetry, Prefect's home inside the project, patient server start-up.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -29,7 +31,8 @@ $(VENV)/.synced: pyproject.toml uv.lock
 
 demo: env
 	$(BIN)/kaptrial generate --out $(DEMO_INBOX) --participants-per-site $(PARTICIPANTS)
-	$(BIN)/kaptrial ingest --inbox $(DEMO_INBOX) --warehouse $(WAREHOUSE)
+	@test -n "$$KAP_UNBLINDED_KEY" || echo "Using the demo unblinded key KAP_UNBLINDED_KEY=$(DEMO_KEY) (not a secret)."
+	KAP_UNBLINDED_KEY="$${KAP_UNBLINDED_KEY:-$(DEMO_KEY)}" $(BIN)/kaptrial ingest --inbox $(DEMO_INBOX) --warehouse $(WAREHOUSE)
 	@echo "Next: $(BIN)/kaptrial status --warehouse $(WAREHOUSE)"
 
 test: env

@@ -94,18 +94,16 @@ def sql(
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     unblinded: Annotated[bool, typer.Option(help="Attach the unblinded store as `unblinded`.")] = False,
 ) -> None:
-    """Run one read-only query on the blinded warehouse."""
-    from flows.warehouse import connect
+    """Run one read-only query on the blinded warehouse (with --unblinded, `unblinded.*` too)."""
+    from flows.unblinded import UnblindedKeyError
+    from flows.warehouse import connect, connect_unblinded
 
     if format not in ("table", "csv", "json"):
         err.print("--format must be table, csv or json")
         raise typer.Exit(2)
-    if unblinded:
-        err.print("[red]the unblinded store is not available in this version (IWRS ingest comes next)[/]")
-        raise typer.Exit(2)
     try:
-        con = connect(warehouse, read_only=True)
-    except FileNotFoundError as exc:
+        con = connect_unblinded(warehouse) if unblinded else connect(warehouse, read_only=True)
+    except (FileNotFoundError, UnblindedKeyError) as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     try:

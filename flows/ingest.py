@@ -17,9 +17,11 @@ from pathlib import Path
 import duckdb
 
 from flows.discover import TransferRef
-from flows.land import CORE_MODELS, land_transfer, publish_parquet, record_transfer
+from flows.land import CORE_MODELS, land_randomization, land_transfer, publish_parquet, record_transfer
 from flows.process import DatasetLoad, drop_scratch, process_transfer
 from flows.registry import SUPPORTED_FORMATS, Source
+from flows.settings import DUCKDB_CONFIG
+from flows.unblinded import UnblindedKeyError, passphrase_from_env, read_store
 from flows.verify import Rejected, load_manifest, verify_transfer
 from flows.warehouse import build_marts
 
@@ -119,6 +121,8 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
             record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="LATE",
                             reason=receipt.reason, warnings=[], run_id=run_id)
             return receipt
+        if source.format == "iwrs":
+            return ingest_randomization(con, ref, source, warehouse, run_id, receipt)
         start = time.perf_counter()
         verified = verify_transfer(ref, source)
         verify_seconds = time.perf_counter() - start
@@ -134,6 +138,31 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
                         reason=receipt.reason, warnings=[], run_id=run_id)
     finally:
         drop_scratch(con)
+    return receipt
+
+
+def ingest_randomization(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source, warehouse: Path,
+                         run_id: str, receipt: TransferReceipt) -> TransferReceipt:
+    """The IWRS list: validated in a private in-memory database and landed only in the
+    encrypted unblinded store. Without a key that opens the store nothing is read or written,
+    and the transfer waits, unrecorded, for a run that has the key."""
+    try:
+        passphrase = passphrase_from_env()
+        read_store(warehouse, passphrase)
+    except UnblindedKeyError as exc:
+        receipt.status = "WAITING"
+        receipt.reason = f"{exc}; the randomization list waits and nothing unblinded was written"
+        return receipt
+    start = time.perf_counter()
+    verified = verify_transfer(ref, source)
+    scratch = duckdb.connect(":memory:", config=dict(DUCKDB_CONFIG))
+    try:
+        processed = process_transfer(scratch, verified)
+        land_randomization(con, scratch, processed, warehouse, passphrase, run_id)
+    finally:
+        scratch.close()
+    receipt.status, receipt.warnings, receipt.loads = "LANDED", processed.warnings, processed.loads
+    receipt.seconds = {**processed.seconds, "land": time.perf_counter() - start}
     return receipt
 
 

@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from flows.conform import quote_literal
 from flows.process import ProcessedTransfer
+from flows.unblinded import read_store, write_store
 from flows.warehouse import read_model, set_variables
 
 # Order matters: later models read the site's rows of earlier ones.
@@ -69,59 +71,73 @@ def snapshot_previous(con: duckdb.DuckDBPyConnection, site_id: str) -> None:
                     f"select {keep} from core.{dataset} where site_id = ?", [site_id])
 
 
+def changes_select(previous: str, new: str, key: list[str], columns: list[str]) -> str:
+    """Differences between two states of one dataset (DTS §2.1): an UPDATE per record and column
+    whose value differs (missing ↔ value included), a DELETE per record that left, an INSERT per
+    record that came. Rows: record_key, column_name, old_value, new_value, change_type, old_transfer_id."""
+    record_key = "concat_ws('|', " + ", ".join(key) + ")"
+    joined = " and ".join(f"old.{k} = new.{k}" for k in key)
+    updates = "\nunion all\n".join(
+        f"select {record_key} as record_key, '{c}' as column_name, old.{c}::varchar as old_value, "
+        f"new.{c}::varchar as new_value, 'UPDATE' as change_type, old.transfer_id as old_transfer_id "
+        f"from {previous} as old join {new} as new using ({', '.join(key)}) "
+        f"where old.{c} is distinct from new.{c}"
+        for c in columns)
+    return f"""
+        select * from ({updates})
+        union all
+        select {record_key}, null, null, null, 'DELETE', old.transfer_id
+        from {previous} as old where not exists (select 1 from {new} as new where {joined})
+        union all
+        select {record_key}, null, null, null, 'INSERT', null
+        from {new} as new where not exists (select 1 from {previous} as old where {joined})"""
+
+
 def record_changes(con: duckdb.DuckDBPyConnection, source: str, transfer_id: str) -> None:
-    """ops.changes between the previous and the new landed state (DTS §2.1): an UPDATE per record
-    and column whose value differs, a DELETE per record that left, an INSERT per record that came.
-    Nothing is logged for a source's first landed transfer."""
+    """ops.changes between the previous and the new landed state of the site; nothing is logged
+    for a source's first landed transfer."""
     if not con.execute("select count(*) from ops.transfers where source = ? and status = 'LANDED'",
                        [source]).fetchone()[0]:
         return
     for dataset, columns in DELIVERED_COLUMNS.items():
-        key = KEYS[dataset]
-        record_key = "concat_ws('|', " + ", ".join(key) + ")"
         new = f"(select * from core.{dataset} where site_id = {quote_literal(source)})"
-        joined = " and ".join(f"old.{k} = new.{k}" for k in key)
-        updates = "\nunion all\n".join(
-            f"select {record_key} as record_key, '{c}' as column_name, "
-            f"old.{c}::varchar as old_value, new.{c}::varchar as new_value, old.transfer_id as old_transfer_id "
-            f"from previous_{dataset} as old join {new} as new using ({', '.join(key)}) "
-            f"where old.{c} is distinct from new.{c}"
-            for c in columns)
         con.execute(f"""
             insert into ops.changes
-            select ?, ?, record_key, column_name, old_value, new_value, 'UPDATE', old_transfer_id, ?
-            from ({updates})""", [source, dataset, transfer_id])
-        con.execute(f"""
-            insert into ops.changes
-            select ?, ?, {record_key}, null, null, null, 'DELETE', old.transfer_id, ?
-            from previous_{dataset} as old
-            where not exists (select 1 from {new} as new where {joined})""", [source, dataset, transfer_id])
-        con.execute(f"""
-            insert into ops.changes
-            select ?, ?, {record_key}, null, null, null, 'INSERT', null, ?
-            from {new} as new
-            where not exists (select 1 from previous_{dataset} as old where {joined})""",
+            select ?, ?, record_key, column_name, old_value, new_value, change_type, old_transfer_id, ?
+            from ({changes_select(f'previous_{dataset}', new, KEYS[dataset], columns)})""",
                     [source, dataset, transfer_id])
 
 
-def record_quarantine(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, run_id: str) -> None:
+def quarantine_records_select(processed: ProcessedTransfer, dataset: str, source_file: str, run_id: str) -> str:
+    """The quarantine records of one dataset, each naming file, line (or sheet row), column,
+    value and reason in its message."""
+    transfer = processed.transfer
+    where = "row" if "!" in source_file else "line"
+    return f"""
+        select {quote_literal(transfer.source.source_id)} as source,
+               {quote_literal(transfer.transfer_id)} as transfer_id, {quote_literal(dataset)} as dataset,
+               {quote_literal(source_file)} as source_file, source_row, subject_id, column_name, value, reason_code,
+               format('{{}} {where} {{}}{{}}: {{}}', {quote_literal(source_file)}, coalesce(source_row::varchar, '?'),
+                      case when column_name is null then '' else ', column ' || column_name end,
+                      {REASON_TEXT}) as message,
+               {quote_literal(run_id)} as run_id
+        from quarantine_{dataset}
+        order by source_row"""
+
+
+def record_loads(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, run_id: str) -> None:
     transfer = processed.transfer
     for load in processed.loads:
-        con.execute(f"""
-            insert into ops.quarantine by name
-            select ? as source, ? as transfer_id, ? as dataset, ? as source_file, source_row, subject_id,
-                   column_name, value, reason_code,
-                   format('{{}} line {{}}{{}}: {{}}', ?, coalesce(source_row::varchar, '?'),
-                          case when column_name is null then '' else ', column ' || column_name end,
-                          {REASON_TEXT}) as message,
-                   ? as run_id
-            from quarantine_{load.dataset}
-            order by source_row""",
-                    [transfer.source.source_id, transfer.transfer_id, load.dataset, load.source_file,
-                     load.source_file, run_id])
         con.execute("insert into ops.loads values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [transfer.source.source_id, transfer.transfer_id, load.dataset, load.source_file,
                      load.delivered, load.landed, load.quarantined, load.duplicates_collapsed, run_id])
+
+
+def record_quarantine(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, run_id: str) -> None:
+    for load in processed.loads:
+        con.execute("insert into ops.quarantine by name "
+                    + quarantine_records_select(processed, load.dataset, load.source_file, run_id))
+    record_loads(con, processed, run_id)
 
 
 def merge_flags(con: duckdb.DuckDBPyConnection, site_id: str, transfer_id: str) -> None:
@@ -193,3 +209,56 @@ def publish_parquet(con: duckdb.DuckDBPyConnection, warehouse: Path, site_id: st
             os.replace(target, old)
         os.replace(staging, target)
         shutil.rmtree(old, ignore_errors=True)
+
+
+RANDOMIZATION_COLUMNS = ["site_id", "arm", "randomized_on", "stratum"]
+
+
+def land_randomization(con: duckdb.DuckDBPyConnection, scratch: duckdb.DuckDBPyConnection,
+                       processed: ProcessedTransfer, warehouse: Path, passphrase: str, run_id: str) -> None:
+    """The IWRS list becomes the randomization of the unblinded store; the blinded warehouse gets
+    the receipt and the counts, never a row.
+
+    `scratch` is the in-memory database the list was validated in. The store is switched in
+    first: a crash before the blinded receipt commits leaves the transfer unrecorded, and the
+    next run lands the same snapshot again, to the same result.
+    """
+    transfer = processed.transfer
+    tables = read_store(warehouse, passphrase)
+    (load,) = processed.loads
+    scratch.execute("""
+        create or replace temp table new_randomization as
+        select subject_id, site_id, arm, randomized_on, stratum, transfer_id, source_file, source_row
+        from valid_randomization order by subject_id""")
+    new_quarantine = scratch.sql(quarantine_records_select(processed, load.dataset, load.source_file,
+                                                           run_id)).to_arrow_table()
+    changes = pa.table({"record_key": pa.array([], pa.string())})
+    if "randomization" in tables:
+        scratch.register("previous_randomization", tables["randomization"])
+        changes = scratch.sql(f"""
+            select $source as source, 'randomization' as dataset, *, $transfer as new_transfer_id
+            from ({changes_select('previous_randomization', 'new_randomization', ['subject_id'],
+                                  RANDOMIZATION_COLUMNS)})""",
+                              params={"source": transfer.source.source_id, "transfer": transfer.transfer_id}
+                              ).to_arrow_table()
+        scratch.unregister("previous_randomization")
+    tables["randomization"] = scratch.sql("select * from new_randomization").to_arrow_table()
+    tables["quarantine"] = _appended(tables.get("quarantine"), new_quarantine)
+    if changes.num_rows:
+        tables["changes"] = _appended(tables.get("changes"), changes)
+    write_store(warehouse, tables, passphrase)
+    con.execute("begin transaction")
+    try:
+        record_loads(con, processed, run_id)
+        record_transfer(con, source=transfer.source.source_id, transfer_id=transfer.transfer_id,
+                        format=transfer.format, status="LANDED", reason=None, warnings=processed.warnings,
+                        run_id=run_id, manifest_sha256=transfer.manifest_sha256,
+                        files={f.name: f.sha256 for f in transfer.files.values()})
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+
+
+def _appended(old: pa.Table | None, new: pa.Table) -> pa.Table:
+    return new if old is None else pa.concat_tables([old, new.cast(old.schema)])

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from flows.conform import collapse_select, conform_select, quote_ident
-from flows.read import RECORD, ROW, RawDataset, read_dts_csv
+from flows.read import RECORD, ROW, RawDataset, read_csv_datasets
 from flows.validate import (
     conflicting_duplicates_sql,
     malformed_findings,
@@ -27,9 +27,11 @@ from flows.validate import (
 )
 from flows.verify import VerifiedTransfer
 from flows.warehouse import create_valid_tables
-from schemas.datasets import DATASETS, Dataset
+from schemas.datasets import DATASETS, RANDOMIZATION, Dataset, datasets_of
 
-FORM_STATUS = "_form_status"  # passthrough of formats whose forms carry a status (REDCap)
+# Passthrough columns a format may add to its records, and the validated column each fills:
+# a REDCap form's status, and the total REDCap calculated for an assessment form.
+PASSTHROUGH = {"_form_status": "form_status", "_delivered_total": "delivered_total"}
 QUARANTINE_SCHEMA = pa.schema([(RECORD, pa.int64()), ("source_row", pa.int64()), ("reason_code", pa.string()),
                                ("column_name", pa.string()), ("value", pa.string()), ("detail", pa.string()),
                                ("conformed_column", pa.string()), ("subject_id", pa.string())])
@@ -60,7 +62,8 @@ class ProcessedTransfer:
 
 # One reader per format: each loads the transfer's datasets as text tables (stage 3).
 READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, VerifiedTransfer], dict[str, RawDataset]]] = {
-    "dts-csv": read_dts_csv,
+    "dts-csv": read_csv_datasets,
+    "iwrs": read_csv_datasets,
 }
 
 
@@ -75,11 +78,14 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
                 f"{conform_select(dataset, transfer.source, rf.columns, f'dedup_{ds}', rf.passthrough)}")
     con.register(f"model_findings_{ds}", run_model(con, dataset, f"conf_{ds}"))
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
+    # who may appear in a site's data: its own participants landing from the same transfer
+    unknown = unknown_subject_sql(f"conf_{ds}", transfer.source.source_id, known_subjects)
+    subjects = f"union all select * from ({unknown})" if dataset.site_scoped else ""
     con.execute(f"""
         create or replace temp table findings_{ds} as
         {unparseable_sql(dataset, f'conf_{ds}')}
         union all select * from model_findings_{ds}
-        union all select * from ({unknown_subject_sql(f'conf_{ds}', transfer.source.source_id, known_subjects)})
+        {subjects}
         union all select * from ({conflicting_duplicates_sql(dataset, f'conf_{ds}')})""")
     con.execute(f"""
         create or replace temp table quarantine_{ds} as
@@ -87,14 +93,20 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
         union all select * from malformed_{ds}""")
     con.unregister(f"model_findings_{ds}")
     con.unregister(f"malformed_{ds}")
+    names = {c.name for c in dataset.columns}
     columns = ", ".join(quote_ident(c.name) for c in dataset.columns)
-    form_status = FORM_STATUS if FORM_STATUS in rf.passthrough else "null"
+    extras = "".join(f", {quote_ident(p) if p in rf.passthrough else 'null'} as {target}"
+                     for p, target in PASSTHROUGH.items())
+    site = "" if "site_id" in names else ", $site as site_id"
+    params = {"transfer": transfer.transfer_id, "file": rf.source_file}
+    if site:
+        params["site"] = transfer.source.source_id
     con.execute(f"""
-        insert into valid_{ds}
-        select {columns}, {form_status}, ?, ?, ?, {ROW}
+        insert into valid_{ds} by name
+        select {columns}{extras}{site}, $transfer as transfer_id, $file as source_file, {ROW} as source_row
         from conf_{ds}
         where {RECORD} not in (select {RECORD} from quarantine_{ds} where {RECORD} is not null)""",
-                [transfer.source.source_id, transfer.transfer_id, rf.source_file])
+                params)
     landed = con.execute(f"select count(*) from valid_{ds}").fetchone()[0]
     collapsed = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone()[0]
     by_reason = Counter(dict(con.execute(
@@ -110,13 +122,14 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
     need to know which subjects land)."""
     seconds: Counter[str] = Counter()
     start = time.perf_counter()
-    create_valid_tables(con)
+    datasets = datasets_of(transfer.format)
+    create_valid_tables(con, datasets.values())
     raw = READERS[transfer.format](con, transfer)
     seconds["read"] = time.perf_counter() - start
     start = time.perf_counter()
     loads = []
-    for ds in DATASETS:
-        known = None if ds == "participants" else "valid_participants"
+    for ds in datasets:
+        known = "valid_participants" if ds != "participants" and "participants" in datasets else None
         loads.append(validate_dataset(con, transfer, raw[ds], known))
     seconds["validate"] = time.perf_counter() - start
     warnings = [*transfer.warnings, *(w for r in raw.values() for w in r.warnings())]
@@ -125,6 +138,6 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
 
 def drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
     """The transfer's temporary tables, so the next transfer starts clean and memory is freed."""
-    for ds in DATASETS:
+    for ds in [*DATASETS, RANDOMIZATION.name]:
         for prefix in ("raw", "dedup", "conf", "findings", "quarantine"):
             con.execute(f"drop table if exists {prefix}_{ds}")

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 
 from flows.registry import Source
 from flows.verify import Rejected, VerifiedTransfer, text_encoding
-from schemas.datasets import DATASETS, PERSONAL_DATA_COLUMNS, Dataset
+from schemas.datasets import PERSONAL_DATA_COLUMNS, Dataset, datasets_of
 
 ROW = "_row"  # the line (or sheet row) a record starts on: lineage
 RECORD = "_record"  # a delivered record's identity; one source row may hold several records
@@ -252,10 +252,12 @@ def expected_rows(transfer: VerifiedTransfer, file_name: str) -> int:
     return rows
 
 
-def read_dts_csv(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> dict[str, RawDataset]:
-    """The five files of a `dts-csv` transfer: every header checked before any file is parsed,
-    then each file streamed into `raw_<dataset>` and its record count held against the manifest."""
-    files = {name: inspect_file(transfer.files[d.file].path, d, transfer.source) for name, d in DATASETS.items()}
+def read_csv_datasets(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> dict[str, RawDataset]:
+    """One CSV file per dataset (`dts-csv`'s five, IWRS's list): every header checked before any
+    file is parsed, then each file streamed into `raw_<dataset>`, its record count held against
+    the manifest."""
+    files = {name: inspect_file(transfer.files[d.file].path, d, transfer.source)
+             for name, d in datasets_of(transfer.format).items()}
     raw = {}
     for name, rf in files.items():
         load_file(con, rf, f"raw_{name}")

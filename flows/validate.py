@@ -71,7 +71,7 @@ def model_findings(dataset: Dataset, batch: pl.DataFrame) -> list[Finding]:
 def run_model(con: duckdb.DuckDBPyConnection, dataset: Dataset, conformed: str) -> pa_arrow.Table:
     """Pandera over the conformed table, batch by batch, so memory stays flat."""
     columns = ", ".join([RECORD] + [quote_ident(c.name) for c in dataset.columns])
-    reader = con.sql(f"select {columns} from {conformed}").fetch_record_batch(BATCH_ROWS)
+    reader = con.sql(f"select {columns} from {conformed}").to_arrow_reader(BATCH_ROWS)
     findings: list[Finding] = []
     for batch in reader:
         findings += model_findings(dataset, pl.from_arrow(batch))

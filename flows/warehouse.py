@@ -14,9 +14,9 @@ from typing import Any
 import duckdb
 import yaml
 
-from flows.conform import SQL_TYPES, quote_ident
+from flows.conform import SQL_TYPES, quote_ident, quote_literal
 from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
-from schemas.datasets import DATASETS, instruments, visits
+from schemas.datasets import DATASETS, Dataset, instruments, visits
 
 DATABASE = "kap.duckdb"
 CORE_TABLES = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
@@ -118,6 +118,26 @@ def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnecti
     return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
 
 
+def connect_unblinded(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    """The blinded warehouse read-only, with the unblinded store decrypted into the in-memory
+    catalog `unblinded` (needs KAP_UNBLINDED_KEY): `unblinded.randomization` joins `core.*`."""
+    from flows.unblinded import attach_store, passphrase_from_env
+
+    path = warehouse / DATABASE
+    if not path.exists():
+        raise FileNotFoundError(f"no warehouse at {path}: run `kaptrial ingest` first")
+    passphrase = passphrase_from_env()
+    con = duckdb.connect(":memory:", config=dict(DUCKDB_CONFIG))
+    try:
+        con.execute(f"attach {quote_literal(str(path))} as kap (read_only)")
+        attach_store(con, warehouse, passphrase)
+        con.execute("use kap")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def read_model(path: str) -> str:
     """The SQL of one model file, e.g. `core/sessions.sql`."""
     return (SQL_DIR / path).read_text(encoding="utf-8")
@@ -177,12 +197,16 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], row
         con.executemany(f"insert into {table} values ({', '.join('?' * len(columns))})", rows)
 
 
-def create_valid_tables(con: duckdb.DuckDBPyConnection, suffix: str = "") -> None:
+def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset] = DATASETS.values(),
+                        suffix: str = "") -> None:
     """Empty `valid_<dataset>` tables: the shape validation hands to the staging models."""
-    for dataset in DATASETS.values():
-        columns = ", ".join(f"{quote_ident(c.name)} {SQL_TYPES[c.kind]}" for c in dataset.columns)
-        con.execute(f"create or replace temp table valid_{dataset.name}{suffix} ({columns}, form_status varchar, "
-                    "site_id varchar, transfer_id varchar, source_file varchar, source_row bigint)")
+    lineage = {"form_status": "varchar", "delivered_total": "varchar", "site_id": "varchar",
+               "transfer_id": "varchar", "source_file": "varchar", "source_row": "bigint"}
+    for dataset in datasets:
+        columns = {c.name: SQL_TYPES[c.kind] for c in dataset.columns}
+        columns |= {name: kind for name, kind in lineage.items() if name not in columns}
+        typed = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in columns.items())
+        con.execute(f"create or replace temp table valid_{dataset.name}{suffix} ({typed})")
 
 
 def create_staging_views(con: duckdb.DuckDBPyConnection) -> None:

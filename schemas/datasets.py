@@ -241,6 +241,24 @@ class AdverseEvents(pa.DataFrameModel):
         strict = False
 
 
+class Randomization(pa.DataFrameModel):
+    """The IWRS randomization list (DTS §5): the only unblinded data. Key: subject_id."""
+
+    subject_id: str = pa.Field(str_matches=SUBJECT_PATTERN, description="The randomized participant.")
+    site_id: str = pa.Field(str_matches=r"^S\d{2}$", description="The participant's site.")
+    arm: str = pa.Field(isin=["KAP", "KET", "ACP"], description="Allocated arm: KAP, KET or ACP.")
+    randomized_on: pl.Date = pa.Field(description="Date of randomization.")
+    stratum: str = pa.Field(isin=["ECT", "NO_ECT"], description="Stratum: prior ECT or not.")
+
+    @pa.dataframe_check(name="INCONSISTENT:site_id")
+    def site_is_the_subjects_prefix(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(
+            (pl.col("subject_id").str.split("-").list.first() == pl.col("site_id")).fill_null(True))
+
+    class Config:
+        strict = False
+
+
 # How a delivered text value is read, by the model's column type.
 KIND_BY_DTYPE: dict[str, str] = {"Date": "date", "Time": "time", "Int64": "integer", "Float64": "decimal",
                                  "String": "text"}
@@ -266,6 +284,8 @@ class Dataset:
     header_optional: frozenset[str] = frozenset()
     # A column that may arrive in another unit instead: name -> (delivered name, factor).
     alternatives: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Delivered by one site, about its own participants (the IWRS list spans every site).
+    site_scoped: bool = True
 
     @property
     def columns(self) -> list[Column]:
@@ -293,3 +313,10 @@ DATASETS: dict[str, Dataset] = {
                 header_optional=frozenset({"end_date"})),
     )
 }
+
+RANDOMIZATION = Dataset("randomization", "randomization.csv", Randomization, ("subject_id",), site_scoped=False)
+
+
+def datasets_of(format: str) -> dict[str, Dataset]:
+    """The conformed datasets a transfer of this format delivers."""
+    return {RANDOMIZATION.name: RANDOMIZATION} if format == "iwrs" else DATASETS

@@ -5,7 +5,9 @@ injected protocol or safety problem flagged, no personal data anywhere."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -13,33 +15,34 @@ import pytest
 
 from flows.generate import GenerationReport, generate_trial
 from flows.ingest import RunSummary
+from flows.unblinded import KEY_ENV
 from flows.warehouse import connect
 
 
 @pytest.fixture(scope="module")
 def ingested(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
-             ) -> tuple[GenerationReport, RunSummary, Path]:
+             ) -> Iterator[tuple[GenerationReport, RunSummary, Path]]:
     from flows.ingest_transfers import ingest_transfers
 
     root = tmp_path_factory.mktemp("flow")
     report = generate_trial(root / "inbox", seed=5, participants_per_site=12)
-    summary = ingest_transfers(inbox=str(root / "inbox"), warehouse=str(root / "wh"))
-    return report, summary, root / "wh"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(KEY_ENV, "flow-test-key")
+        summary = ingest_transfers(inbox=str(root / "inbox"), warehouse=str(root / "wh"))
+    yield report, summary, root / "wh"
 
 
 @pytest.fixture(scope="module")
-def con(ingested: tuple[GenerationReport, RunSummary, Path]) -> duckdb.DuckDBPyConnection:
+def con(ingested: tuple[GenerationReport, RunSummary, Path]) -> Iterator[duckdb.DuckDBPyConnection]:
     connection = connect(ingested[2], read_only=True)
     yield connection
     connection.close()
 
 
-def test_every_generated_site_transfer_lands(ingested: tuple[GenerationReport, RunSummary, Path]) -> None:
+def test_every_generated_transfer_lands(ingested: tuple[GenerationReport, RunSummary, Path]) -> None:
     report, summary, _ = ingested
-    sites = {s for s, _, _ in report.transfers if s != "IWRS"}
-    assert {r.source for r in summary.receipts if r.status == "LANDED"} == sites
-    # the randomization list waits for the unblinded store of a later version, unrecorded
-    assert [(r.source, r.status) for r in summary.receipts if r.status != "LANDED"] == [("IWRS", "WAITING")]
+    assert {r.source for r in summary.receipts if r.status == "LANDED"} == {s for s, _, _ in report.transfers}
+    assert [r for r in summary.receipts if r.status != "LANDED"] == []
 
 
 def test_every_dataset_balances_delivered_against_landed_quarantined_and_collapsed(
@@ -47,7 +50,7 @@ def test_every_dataset_balances_delivered_against_landed_quarantined_and_collaps
     report = ingested[0]
     loads = con.execute("select source, dataset, delivered, landed, quarantined, duplicates_collapsed "
                         "from ops.loads").fetchall()
-    assert len(loads) == 5 * len({s for s, _, _ in report.transfers if s != "IWRS"})
+    assert len(loads) == 5 * len({s for s, _, _ in report.transfers if s != "IWRS"}) + 1
     for source, dataset, delivered, landed, quarantined, collapsed in loads:
         assert delivered == landed + quarantined + collapsed, (source, dataset)
         assert delivered == report.delivered[(source, dataset)]
@@ -98,4 +101,26 @@ def test_the_run_is_a_completed_prefect_flow_run_recorded_in_ops_runs(
 
     assert asyncio.run(state()) == ("ingest-transfers", "COMPLETED")
     assert con.execute("select status, transfers_landed from ops.runs where run_id = ?",
-                       [summary.run_id]).fetchone() == ("COMPLETED", 3)
+                       [summary.run_id]).fetchone() == ("COMPLETED", len(summary.receipts))
+
+
+def test_prefects_logs_and_run_records_hold_no_arm_and_no_personal_data(
+        ingested: tuple[GenerationReport, RunSummary, Path]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    report, summary, _ = ingested
+
+    async def everything_prefect_kept() -> str:
+        async with get_client() as client:
+            run_id = uuid.UUID(summary.run_id)
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            run = await client.read_flow_run(run_id)
+            tasks = await client.read_task_runs()
+            return "\n".join([*(log.message for log in logs), run.model_dump_json(),
+                              *(t.model_dump_json() for t in tasks)])
+
+    kept = asyncio.run(everything_prefect_kept())
+    assert summary.run_id in kept and "ingest-IWRS-" in kept  # the run and its task runs are there
+    assert not re.search(r"\b(KAP|KET|ACP)\b", kept)
+    assert not [v for v in report.phi_values if v in kept]

@@ -5,6 +5,13 @@ with items as (
     select * from core.assessment_items where site_id = getvariable('site_id')
 ),
 
+delivered_totals as (
+    select subject_id, visit, instrument, max(delivered_total) as delivered_total
+    from stg_assessment_items
+    where delivered_total is not null
+    group by all
+),
+
 baseline as (
     select subject_id, bl_date from core.participants where site_id = getvariable('site_id')
 ),
@@ -45,9 +52,12 @@ select
     per_assessment.items_present = instruments.items as is_complete,
     case when per_assessment.instrument = 'CSSRS' then per_assessment.highest_ideation_item end as ideation_level,
     per_assessment.form_status,
+    delivered_totals.delivered_total,
+    per_assessment.item_sum,
     per_assessment.transfer_id,
     per_assessment.source_file,
     per_assessment.source_row,
 from per_assessment
 join ref.instruments as instruments using (instrument)
 left join baseline using (subject_id)
+left join delivered_totals using (subject_id, visit, instrument)

@@ -110,6 +110,16 @@ incomplete_forms as (
     from vitals where form_status = 'INCOMPLETE'
 ),
 
+-- REDCap's calculated total against the sum of the landed items: the items win (DTS §4)
+total_mismatches as (
+    select
+        'TOTAL_MISMATCH', subject_id, visit, 'assessments', instrument,
+        format('{} calculated total {} differs from the item sum {}', instrument, delivered_total, item_sum),
+    from assessments
+    where delivered_total is not null
+        and try_cast(delivered_total as bigint) is distinct from item_sum
+),
+
 safety_vitals as (
     select
         'SAFETY_VITALS', subject_id, visit, 'vitals', timepoint,
@@ -153,6 +163,7 @@ all_flags as (
     union all select * from age_deviations
     union all select * from incomplete_assessments
     union all select * from incomplete_forms
+    union all select * from total_mismatches
     union all select * from safety_vitals
     union all select * from safety_items
     union all select * from serious_events

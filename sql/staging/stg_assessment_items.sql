@@ -9,6 +9,8 @@ select
     assessment_date,
     rater_id,
     form_status,
+    -- REDCap's calculated total of the form, as delivered (null for other formats)
+    delivered_total,
     transfer_id,
     source_file,
     source_row,
