@@ -23,7 +23,6 @@ from flows.registry import SUPPORTED_FORMATS, Source
 from flows.settings import DUCKDB_CONFIG
 from flows.unblinded import UnblindedKeyError, passphrase_from_env, read_store
 from flows.verify import Rejected, load_manifest, verify_transfer
-from flows.warehouse import build_marts
 
 LOCK_FILE = ".ingest.lock"
 FINAL_STATUSES = ("LANDED", "REJECTED", "DUPLICATE", "LATE")
@@ -184,12 +183,6 @@ def finish_run(con: duckdb.DuckDBPyConnection, summary: RunSummary, status: str,
                  summary.count("REJECTED"), summary.count("PENDING"), sum(x.delivered for x in loads),
                  sum(x.landed for x in loads), sum(x.quarantined for x in loads), seconds["read"],
                  seconds["validate"], seconds["land"], derive_seconds, message, summary.run_id])
-
-
-def rebuild_marts(con: duckdb.DuckDBPyConnection) -> float:
-    start = time.perf_counter()
-    build_marts(con)
-    return time.perf_counter() - start
 
 
 def utc_now() -> datetime:

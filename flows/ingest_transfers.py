@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 import flows  # noqa: F401 — offline settings before Prefect is imported
+from flows.derive import rebuild_marts, refresh_unblinded_marts
 from flows.discover import TransferRef, discover_transfers
 from flows.ingest import (
     RunSummary,
@@ -23,7 +24,6 @@ from flows.ingest import (
     finish_run,
     ingest_one,
     new_run_id,
-    rebuild_marts,
     start_run,
     utc_now,
     writer_lock,
@@ -65,6 +65,8 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
                 for ref in discovery.transfers:
                     summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))
                 derive_seconds = rebuild_marts(con)
+                if warning := refresh_unblinded_marts(con, warehouse):
+                    summary.warnings.append(warning)
             except BaseException as exc:
                 summary.finished_at = utc_now()
                 finish_run(con, summary, "FAILED", f"{type(exc).__name__}: {exc}")

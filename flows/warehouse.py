@@ -20,7 +20,7 @@ from schemas.datasets import DATASETS, Dataset, instruments, visits
 
 DATABASE = "kap.duckdb"
 CORE_TABLES = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
-MARTS = ("enrollment", "data_quality")
+MARTS = ("enrollment", "data_quality", "madrs_outcomes")
 
 OPS_DDL = """
 create schema if not exists core;

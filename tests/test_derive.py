@@ -236,3 +236,28 @@ def test_a_flag_that_still_holds_keeps_its_id_and_a_corrected_one_closes(con: du
     land(con, third, sessions=[session("D1", 1, dose_mg=60.0)])
     assert con.execute("select flag_id, status, last_seen_transfer, closed_transfer from ops.flags "
                        "where flag_type = 'DOSE_DEVIATION'").fetchall() == [(flag_id, "CLOSED", second, third)]
+
+
+def outcome(con: duckdb.DuckDBPyConnection, visit: str) -> tuple[Any, ...] | None:
+    from flows.warehouse import build_marts
+
+    build_marts(con)
+    return con.execute("select baseline_total, total, change, pct_change, response, remission "
+                       "from marts.madrs_outcomes where visit = ?", [visit]).fetchone()
+
+
+@pytest.mark.parametrize(("w4_scores", "expected"), [
+    ([1] * 5 + [2] * 5, (30, 15, -15, -50.0, True, False)),    # exactly 50 % less: a response
+    ([2] * 6 + [1] * 4, (30, 16, -14, -46.67, False, False)),
+    ([1] * 10, (30, 10, -20, -66.67, True, True)),             # exactly 10: remission
+    ([1] * 9 + [2], (30, 11, -19, -63.33, True, False)),
+])
+def test_response_and_remission_at_their_thresholds(con: duckdb.DuckDBPyConnection, w4_scores: list[int],
+                                                    expected: tuple[Any, ...]) -> None:
+    land(con, assessment_items=BASELINE + items("MADRS", "W4", 28, w4_scores))
+    assert outcome(con, "W4") == expected
+
+
+def test_incomplete_assessments_do_not_count_for_endpoints(con: duckdb.DuckDBPyConnection) -> None:
+    land(con, assessment_items=BASELINE + items("MADRS", "W4", 28, [1] * 9))
+    assert outcome(con, "W4") is None
