@@ -7,6 +7,11 @@ pipeline must quarantine, so an end-to-end test can compare the warehouse with t
 Columns are built vectorised as dictionary-encoded strings (integer codes into a small list of labels):
 formatting, quoting and encoding then touch only the labels, and a file is one Arrow `take` per column
 and one `binary_join_element_wise`, so 100 sites x 300 participants (millions of item rows) stay fast.
+
+Every format renders the same simulated site (one table per conformed dataset, one row per record): `dts-csv`
+as five files, `dts-xlsx` as one workbook (openpyxl, write-only; per-cell, so it is the slow writer), `redcap`
+as the trial's REDCap raw export and data dictionary, where a row holds several records and a defect
+quarantines only the record it sits in. The writer records each record's file and line for the report.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import json
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -131,6 +137,12 @@ UNCODED_TERMS = ("jaw stiffness", "felt floaty", "cold hands", "ringing in ears"
 SCORE_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 IMPOSSIBLE_DAYS = ((2, 30), (2, 31), (4, 31), (6, 31), (9, 31), (11, 31))
 ALT_MISSING_SHARE = 0.15
+LB_TO_KG = 0.45359237
+# DTS §7: delivered columns with these names are personal data.
+PERSONAL_COLUMNS = frozenset(
+    {"name", "first_name", "last_name", "initials", "date_of_birth", "dob", "mrn", "address", "phone", "email",
+     "ssn", "nhs_number"}
+)
 PERSONAL_DATA_EXTRA = ("mrn", "phone", "email", "first_name", "nhs_number")
 FIRST_NAMES = (
     "Anna",
@@ -228,6 +240,7 @@ class Instrument:
     item_max: int
     has_total: bool
     visits: tuple[str, ...]
+    rater_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +305,7 @@ def load_study_design(schemas: Path = SCHEMAS) -> StudyDesign:
             int(v["item_max"]),
             bool(v["has_total"]),
             tuple(v["visits"]),
+            bool(v.get("rater_required", False)),
         )
         for code, v in raw_instruments.items()
     }
@@ -318,6 +332,7 @@ class Dialect:
     date_format: str
     missing: tuple[str, ...]
     newline: str
+    weight_unit: str = "kg"  # "lb": weights are written in pounds, as `weight_lb` (DTS §3)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Dialect:
@@ -341,6 +356,12 @@ class Dialect:
 
     def decimal1(self, tenths: int) -> str:
         return f"{int(tenths) // 10}{self.decimal}{int(tenths) % 10}"
+
+    def weight(self, kg_tenths: int) -> str:
+        """A weight given in tenths of a kilogram, written in the site's unit to one decimal."""
+        if self.weight_unit == "lb":
+            return self.decimal1(round(int(kg_tenths) * 0.1 / LB_TO_KG * 10))
+        return self.decimal1(kg_tenths)
 
     def impossible_date(self, year: int, variant: int) -> str:
         """A day that does not exist (31 February), written in the site's own pattern."""
@@ -431,6 +452,7 @@ class Table:
         self.subject = np.asarray(subject, dtype=np.int64)  # participant index, -1 for an unknown subject
         self.num = num or {}  # numeric shadows of columns, used to pick targets and derive values
         self.pos = np.arange(n, dtype=np.float64)  # sort key of the row in the written file
+        self.origin = np.arange(n, dtype=np.int64)  # the built row a copy descends from (itself if none)
         self.alive = np.ones(n, dtype=bool)
         self.used = np.zeros(n, dtype=bool)  # row already carries a defect or flag: never stack two
         self.reason = np.full(n, "", dtype=object)
@@ -454,6 +476,7 @@ class Table:
         for values in self.num.values():
             values[new] = values[rows]
         self.subject[new] = self.subject[rows]
+        self.origin[new] = self.origin[rows]
         self.pos[new] = pos
         self.alive[new] = True
         return new
@@ -466,6 +489,7 @@ class Table:
             self.num[name] = np.concatenate([values, np.zeros(extra, dtype=values.dtype)])
         self.subject = np.concatenate([self.subject, np.full(extra, -1, dtype=np.int64)])
         self.pos = np.concatenate([self.pos, np.zeros(extra)])
+        self.origin = np.concatenate([self.origin, np.zeros(extra, dtype=np.int64)])
         self.alive = np.concatenate([self.alive, np.zeros(extra, dtype=bool)])
         self.used = np.concatenate([self.used, np.zeros(extra, dtype=bool)])
         self.reason = np.concatenate([self.reason, np.full(extra, "", dtype=object)])
@@ -676,7 +700,7 @@ def build_participants(trial: SiteTrial, dialect: Dialect) -> Table:
         "consent_date": _col(trial.consent, d.date, e),
         "birth_year": _col(trial.birth_year, str, e),
         "sex": _col(trial.sex, str, e),
-        "weight_kg": _col(trial.weight10, d.decimal1, e),
+        "weight_kg": _col(trial.weight10, d.weight, e),
         "prior_ect": _col(np.where(trial.prior_ect, "Y", "N"), str, e),
         "status": _col(trial.status, str, e),
         "withdrawal_date": _col(trial.withdrawal, d.date, e, trial.withdrawn),
@@ -744,7 +768,7 @@ def build_sessions(
         "attended": _col(np.where(attended, "Y", "N"), str, e),
         "route": _col(route, str, e, dosing),
         "dose_mg": _col(dose10, d.decimal1, e, dosing),
-        "weight_kg": _col(weight10, d.decimal1, e, dosing),
+        "weight_kg": _col(weight10, d.weight, e, dosing),
         "infusion_min": _col(infusion, str, e, iv),
     }
     num = {
@@ -919,6 +943,7 @@ def build_assessments(
         "n_items": n_items[rows],
         "item_max": item_max[block_ins[rows]],
         "lead": lead[rows] & (item == 1),
+        "block": rows,  # the assessment (subject, visit, instrument) an item row belongs to
     }
     return Table("assessment_items", cols, subject[rows], num)
 
@@ -1203,12 +1228,26 @@ FLAG_METHODS: dict[str, tuple[str, ...]] = {
     "UNCODED_TERM": ("flag_uncoded",),
     "INCOMPLETE_ASSESSMENT": ("flag_incomplete",),
 }
+
+
+@dataclass(frozen=True)
+class DefectPlan:
+    """The defects and flags a delivery format can carry: a REDCap export cannot hold every CSV defect."""
+
+    participant_variants: tuple[Variant, ...]
+    row_variants: tuple[Variant, ...]
+    flag_methods: Mapping[str, tuple[str, ...]]
+
+
+DTS_PLAN = DefectPlan(PARTICIPANT_VARIANTS, ROW_VARIANTS, FLAG_METHODS)
 CONFLICT_STEP = {"duration_min": 15, "hr": 6, "weight_kg": 20}
 SEVERITY_SHIFT = {"MILD": "MODERATE", "MODERATE": "MILD", "SEVERE": "MODERATE"}
 
 
 class DefectInjector:
     """Injects defects one kind at a time, in batches, never two on the same row or key."""
+
+    plan = DTS_PLAN
 
     def __init__(
         self,
@@ -1333,16 +1372,19 @@ class DefectInjector:
         # Stray rows sit at the end of the file, as rows keyed in later do.
         copies = table.copy_rows(rows, self.rng.uniform(table.base_rows, table.base_rows + 1, len(rows)))
         foreign = self.rng.random(len(rows)) < 0.5
-        ids = []
-        for row, other_site in zip(rows.tolist(), foreign.tolist(), strict=True):
-            if other_site:
-                ids.append(f"{_other_prefix(self.trial.source)}-{self.trial.ids[table.subject[row]][-4:]}")
-            else:
-                ids.append(f"{self.trial.source}-{self.next_unknown:04d}")
-                self.next_unknown -= 1
+        ids = [
+            self._unknown_id(int(table.subject[row]), other_site)
+            for row, other_site in zip(rows.tolist(), foreign.tolist(), strict=True)
+        ]
         table.subject[copies] = -1
         table.used[rows] = True  # copying the same row twice under the same foreign id would repeat a key
         return self.corrupt(dataset, "subject_id", copies, ids, "UNKNOWN_SUBJECT")
+
+    def _unknown_id(self, subject: int, other_site: bool) -> str:
+        if other_site:
+            return f"{_other_prefix(self.trial.source)}-{self.trial.ids[subject][-4:]}"
+        self.next_unknown -= 1
+        return f"{self.trial.source}-{self.next_unknown + 1:04d}"
 
     def conflicting_duplicate(self, dataset: str, column: str, count: int) -> int:
         table = self.tables[dataset]
@@ -1360,7 +1402,7 @@ class DefectInjector:
             score, top = table.num["score"][rows], table.num["item_max"][rows]
             return [str(s) for s in np.where(score < top, score + 1, score - 1).tolist()]
         values = table.num[column][rows] + CONFLICT_STEP[column]
-        return [self.dialect.decimal1(v) if column == "weight_kg" else str(v) for v in values.tolist()]
+        return [self.dialect.weight(v) if column == "weight_kg" else str(v) for v in values.tolist()]
 
     def identical_duplicate(self, dataset: str, count: int) -> int:
         table = self.tables[dataset]
@@ -1619,21 +1661,22 @@ def inject_defects(injector: DefectInjector, rate: float, n_subjects: int) -> No
     _inject_participant_defects(injector, rate, n_subjects)
     # One of each flag first, then the rest, so scarce rows (a small site's few AEs) serve every kind.
     extra = max(1, round(rate * n_subjects)) - 1
+    plan = injector.plan
     for wanted_per_kind in (1, extra):
-        for flag_type, methods in FLAG_METHODS.items():
+        for flag_type, methods in plan.flag_methods.items():
             wanted = wanted_per_kind
             for i in rng.permutation(len(methods)).tolist():
                 if wanted > 0:
                     wanted -= getattr(injector, methods[i])(flag_type, wanted)
     # At least one of every kind per site, so small trials exercise every path ...
     for kind in (*REASONS, DUPLICATE):
-        options = [v for v in ROW_VARIANTS if v.kind == kind]
+        options = [v for v in plan.row_variants if v.kind == kind]
         for i in rng.permutation(len(options)).tolist():
             if injector.apply(options[i], 1):
                 break
     # ... then the rest at the requested rate, relative to each dataset's rows.
     for dataset in CHILD_DATASETS:
-        options = [v for v in ROW_VARIANTS if v.dataset == dataset]
+        options = [v for v in plan.row_variants if v.dataset == dataset]
         wanted = round(rate * injector.tables[dataset].base_rows) - injector.events[dataset]
         if wanted <= 0:
             continue
@@ -1654,9 +1697,10 @@ def _inject_participant_defects(injector: DefectInjector, rate: float, n_subject
     preference = rng.random(trial.n) + np.where(trial.randomized, 0.6, 0.0)
     for subject in np.argsort(preference, kind="stable")[:wanted].tolist():
         injector.only = subject
+        variants = injector.plan.participant_variants
         try:
-            for i in rng.permutation(len(PARTICIPANT_VARIANTS)).tolist():
-                if injector.apply(PARTICIPANT_VARIANTS[i], 1):
+            for i in rng.permutation(len(variants)).tolist():
+                if injector.apply(variants[i], 1):
                     injector.protected[subject] = True
                     break
         finally:
@@ -1673,6 +1717,161 @@ def mark_unknown_consequences(injector: DefectInjector) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# REDCap: the defects and flags its export can hold (DTS §4, §6)
+
+REDCAP_PARTICIPANT_VARIANTS = (
+    Variant("participants", "UNPARSEABLE", "garble_number", ("weight_kg",)),
+    Variant("participants", "UNPARSEABLE", "impossible_date", ("screening_date",)),
+    Variant("participants", "MISSING_REQUIRED", "blank", ("sex",)),
+    Variant("participants", "MISSING_REQUIRED", "blank", ("birth_year",)),
+    Variant("participants", "OUT_OF_RANGE", "overwrite", ("sex", ("4", "9"))),  # a raw code with no choice
+    Variant("participants", "OUT_OF_RANGE", "overwrite", ("birth_year", ("1890",))),
+    Variant("participants", "OUT_OF_RANGE", "overwrite_decimal", ("weight_kg", 125)),
+    Variant("participants", "INCONSISTENT", "consent_after_screening"),
+)
+# A record has one row per event, so only repeating instruments (vital signs, adverse events) can repeat a
+# key; an assessment's date and rater are fields of its form, so their defects reach every item of the form;
+# an empty item is a missing item, never a quarantined record (DTS §4).
+REDCAP_ROW_VARIANTS = (
+    Variant("sessions", "UNPARSEABLE", "garble_time", ("start_time",)),
+    Variant("sessions", "UNPARSEABLE", "impossible_date", ("session_date",)),
+    Variant("sessions", "UNPARSEABLE", "garble_number", ("weight_kg",)),
+    Variant("sessions", "MISSING_REQUIRED", "blank", ("therapist_id",)),
+    Variant("sessions", "MISSING_REQUIRED", "blank", ("start_time",)),
+    Variant("sessions", "MISSING_REQUIRED", "blank", ("duration_min",)),
+    Variant("sessions", "OUT_OF_RANGE", "overwrite", ("duration_min", ("720", "3"))),
+    Variant("sessions", "OUT_OF_RANGE", "overwrite_decimal", ("dose_mg", 9500)),
+    Variant("sessions", "OUT_OF_RANGE", "overwrite", ("infusion_min", ("300",))),
+    Variant("sessions", "UNKNOWN_SUBJECT", "unknown_subject"),
+    *(v for v in ROW_VARIANTS if v.dataset == "vitals"),
+    Variant("assessment_items", "UNPARSEABLE", "score_as_word"),
+    Variant("assessment_items", "UNPARSEABLE", "form_impossible_date", ("assessment_date",)),
+    Variant("assessment_items", "MISSING_REQUIRED", "form_blank", ("assessment_date",)),
+    Variant("assessment_items", "MISSING_REQUIRED", "form_blank", ("rater_id",)),
+    Variant("assessment_items", "OUT_OF_RANGE", "score_out_of_range"),
+    Variant("assessment_items", "UNKNOWN_SUBJECT", "form_unknown_subject"),
+    Variant("assessment_items", "INVALID_VISIT", "instrument_at_wrong_visit"),
+    Variant("adverse_events", "UNPARSEABLE", "impossible_date", ("onset_date",)),
+    Variant("adverse_events", "MISSING_REQUIRED", "blank", ("severity",)),
+    Variant("adverse_events", "MISSING_REQUIRED", "blank", ("related",)),
+    Variant("adverse_events", "MISSING_REQUIRED", "blank", ("term",)),
+    Variant("adverse_events", "MISSING_REQUIRED", "blank", ("action",)),  # no box of ae_action ticked
+    Variant("adverse_events", "OUT_OF_RANGE", "overwrite", ("severity", ("4",))),
+    Variant("adverse_events", "OUT_OF_RANGE", "overwrite", ("outcome", ("7",))),
+    Variant("adverse_events", "UNKNOWN_SUBJECT", "unknown_subject"),
+    Variant("adverse_events", "CONFLICTING_DUPLICATE", "conflicting_duplicate", ("severity",)),
+    Variant("adverse_events", "INCONSISTENT", "end_before_onset"),
+    Variant("adverse_events", DUPLICATE, "identical_duplicate"),
+)
+REDCAP_PLAN = DefectPlan(
+    REDCAP_PARTICIPANT_VARIANTS,
+    REDCAP_ROW_VARIANTS,
+    {**FLAG_METHODS, "FORM_INCOMPLETE": ("flag_form_incomplete",), "TOTAL_MISMATCH": ("flag_total_mismatch",)},
+)
+FORM_INCOMPLETE_STATUS = 0
+
+
+class RedcapInjector(DefectInjector):
+    """Defects as a REDCap export holds them: an assessment's date, rater and record are its form's, so those
+    defects take every item of one form (a "form" is the item rows of one built assessment); form statuses
+    and calculated totals add the FORM_INCOMPLETE and TOTAL_MISMATCH flags."""
+
+    plan = REDCAP_PLAN
+
+    def _num(self, table: Table, name: str, default: int) -> np.ndarray:
+        """A per-row number the REDCap writer reads (form status, total offset), created on first use."""
+        if name not in table.num:
+            table.num[name] = np.full(table.capacity, default, dtype=np.int64)
+        return table.num[name]
+
+    def _pick_forms(self, count: int, where: np.ndarray, by_rows: bool = True) -> list[np.ndarray]:
+        """Built assessments none of whose item rows carries anything yet: up to `count` item rows' worth
+        (or `count` forms), as arrays of their item rows."""
+        table = self.tables["assessment_items"]
+        base = table.base_rows
+        if base == 0 or count <= 0:
+            return []
+        block = table.num["block"][:base]
+        taken = (table.used[:base] | ~table.alive[:base]).astype(np.float64)
+        busy = np.bincount(block, weights=taken, minlength=int(block.max()) + 1) > 0
+        first = np.zeros(table.capacity, dtype=bool)
+        first[:base] = (table.num["item"][:base] == 1) & ~busy[block]
+        leads = self.rng.permutation(self.pick("assessment_items", count, first & where))
+        sizes = table.num["n_items"][leads]
+        keep = int(np.searchsorted(np.cumsum(sizes), count) + 1) if by_rows else count
+        return [lead + np.arange(size) for lead, size in zip(leads[:keep].tolist(), sizes[:keep].tolist(), strict=True)]
+
+    def form_impossible_date(self, dataset: str, column: str, count: int) -> int:
+        table = self.tables[dataset]
+        forms = self._pick_forms(count, self.present(table, column))
+        for rows in forms:
+            year = int(_years(table.num[column][rows[:1]])[0])
+            text = self.dialect.impossible_date(year, int(self.rng.integers(0, len(IMPOSSIBLE_DAYS))))
+            self.corrupt(dataset, column, rows, text, "UNPARSEABLE")
+        return sum(len(rows) for rows in forms)
+
+    def form_blank(self, dataset: str, column: str, count: int) -> int:
+        forms = self._pick_forms(count, self.present(self.tables[dataset], column))
+        for rows in forms:
+            self.corrupt(dataset, column, rows, self.dialect.empty, "MISSING_REQUIRED")
+        return sum(len(rows) for rows in forms)
+
+    def form_unknown_subject(self, dataset: str, count: int) -> int:
+        """A form under a record without a participant. Only at events that hold assessments alone, so the
+        copy's export row carries no enrollment form and no session (DTS §4 events)."""
+        table = self.tables[dataset]
+        visits = self.design.assessment_visits
+        alone = np.array([self.design.visits[v].kind == "assessment" and v != SCREENING for v in visits])
+        forms = self._pick_forms(min(count, self.next_unknown - self.trial.n), alone[table.num["visit"]])
+        foreign = self.rng.random(len(forms)) < 0.5
+        for rows, other_site in zip(forms, foreign.tolist(), strict=True):
+            copies = table.copy_rows(rows, table.base_rows + 0.5 + np.arange(len(rows)) / 1000)
+            record = self._unknown_id(int(table.subject[rows[0]]), other_site)
+            table.subject[copies] = -1
+            table.used[rows] = True
+            self.corrupt(dataset, "subject_id", copies, record, "UNKNOWN_SUBJECT")
+        return sum(len(rows) for rows in forms)
+
+    def flag_form_incomplete(self, flag_type: str, count: int) -> int:
+        """Forms saved at status 0: their data lands flagged. Never a form a derivation leans on: BL
+        assessments date the study, dosing sessions anchor windows; participants and AEs stay complete."""
+        done = 0
+        kinds = self.rng.permutation(3).tolist()
+        for left, kind in zip(range(len(kinds), 0, -1), kinds, strict=True):
+            share = -(-(count - done) // left)
+            if kind == 0:
+                table = self.tables["assessment_items"]
+                later = np.array([v != BASELINE for v in self.design.assessment_visits])
+                for rows in self._pick_forms(share, later[table.num["visit"]], by_rows=False):
+                    self._num(table, "status", -1)[rows] = FORM_INCOMPLETE_STATUS
+                    table.used[rows] = True
+                    done += self.flag(flag_type, "assessment_items", table.subject[rows[:1]],
+                                      self._visit_codes(table, rows[:1]))
+                continue
+            dataset = "vitals" if kind == 1 else "sessions"
+            table = self.tables[dataset]
+            where = None if kind == 1 else np.isin(table.num["kind"], ("PREPARATION", "INTEGRATION"))
+            rows = self.pick(dataset, share, where)
+            self._num(table, "status", -1)[rows] = FORM_INCOMPLETE_STATUS
+            table.used[rows] = True
+            done += self.flag(flag_type, dataset, table.subject[rows], self._visit_codes(table, rows))
+        return done
+
+    def flag_total_mismatch(self, flag_type: str, count: int) -> int:
+        """A calculated total a few points off the sum of its items (the items win, DTS §4)."""
+        table = self.tables["assessment_items"]
+        with_total = np.array([ins.has_total for ins in self.design.instruments.values()])
+        forms = self._pick_forms(count, with_total[table.num["instrument"]], by_rows=False)
+        offsets = self._num(table, "total_offset", 0)
+        for rows in forms:
+            total, step = int(table.num["score"][rows].sum()), int(self.rng.integers(1, 4))
+            offsets[rows] = step if total < step or self.rng.random() < 0.5 else -step
+            table.used[rows] = True
+        leads = np.array([rows[0] for rows in forms], dtype=np.int64)
+        return self.flag(flag_type, "assessment_items", table.subject[leads], self._visit_codes(table, leads))
+
+
+# --------------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -1680,7 +1879,7 @@ def mark_unknown_consequences(injector: DefectInjector) -> None:
 class WrittenFile:
     name: str
     data: bytes
-    rows: int
+    rows: int | dict[str, int]  # data rows; for a workbook, per sheet (DTS §2.1)
 
 
 @dataclass
@@ -1692,6 +1891,11 @@ class SiteExport:
     columns: dict[str, list[str]]
     trial: SiteTrial
     injector: DefectInjector
+    fmt: str = "dts-csv"
+    # Choices of presentation only (date cell or text, form statuses): never the data or its defects.
+    render_rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    # Set by the writer: dataset -> (source file, line of each table row in it, -1 if not delivered).
+    located: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _quote(text: str, delimiter: str) -> str:
@@ -1737,15 +1941,558 @@ def _column_order(rng: np.random.Generator, table: Table, dataset: str, shuffle:
     return [columns[i] for i in rng.permutation(len(columns))] if shuffle else columns
 
 
+def _locate(export: SiteExport, dataset: str, source_file: str, rows: np.ndarray, lines: np.ndarray) -> None:
+    """Record where each delivered record of a dataset sits: file (or `workbook!sheet`) and line (header = 1)."""
+    table = export.tables[dataset]
+    located = np.full(table.capacity, -1, dtype=np.int64)
+    located[rows] = lines
+    export.located[dataset] = (source_file, located)
+
+
 def write_dts_csv(export: SiteExport) -> list[WrittenFile]:
-    return [
-        render_csv(export.tables[ds], export.columns[ds], export.dialect, DATASET_FILES[ds])
-        for ds in DATASET_FILES
+    files = []
+    for ds, name in DATASET_FILES.items():
+        table = export.tables[ds]
+        files.append(render_csv(table, export.columns[ds], export.dialect, name))
+        order = table.final_order()
+        _locate(export, ds, name, order, np.arange(len(order)) + 2)
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# dts-xlsx: one workbook, a sheet per dataset (DTS §3)
+
+XLSX_FILE = "export.xlsx"
+XLSX_TEXT_DATE_SHARE = 0.2  # dates typed as text in the site's format rather than entered as date cells
+XLSX_KINDS = {
+    **dict.fromkeys(
+        (
+            "screening_date",
+            "consent_date",
+            "withdrawal_date",
+            "session_date",
+            "assessment_date",
+            "onset_date",
+            "end_date",
+            "date_of_birth",
+            "dob",
+        ),
+        "date",
+    ),
+    **dict.fromkeys(
+        ("birth_year", "duration_min", "infusion_min", "sbp", "dbp", "hr", "spo2", "item", "score"), "integer"
+    ),
+    **dict.fromkeys(("weight_kg", "dose_mg"), "decimal"),
+}
+
+
+def xlsx_sheet(dataset: str) -> str:
+    return DATASET_FILES[dataset].removesuffix(".csv")
+
+
+def delivered_column(column: str, dialect: Dialect) -> str:
+    """The header a column is delivered under: weights in pounds are `weight_lb` (DTS §3)."""
+    return "weight_lb" if column == "weight_kg" and dialect.weight_unit == "lb" else column
+
+
+def _cell_value(label: str, kind: str, dialect: Dialect) -> Any:
+    """What a site's spreadsheet holds for a value: numbers as numbers (the missing code too), the rest as
+    text; anything that does not read as its type (`7o.5`, `three`, 31 February) stays the text it is."""
+    if label == "":
+        return None
+    if re.fullmatch(r"-?\d+", label) and (kind == "integer" or kind == "decimal" or label in dialect.missing):
+        return int(label)
+    if kind == "decimal" and re.fullmatch(r"-?\d+" + re.escape(dialect.decimal) + r"\d+", label):
+        return float(label.replace(dialect.decimal, "."))
+    if kind == "date":
+        try:
+            return datetime.strptime(label, dialect.date_format).date()
+        except ValueError:
+            return label
+    return label
+
+
+def _xlsx_values(export: SiteExport, ws: Any, table: Table, column: str, order: np.ndarray) -> np.ndarray:
+    """One column's cell values in file order, through its labels (the dictionary encoding of `Col`)."""
+    from openpyxl.cell import WriteOnlyCell
+
+    col = table.cols[column]
+    kind = XLSX_KINDS.get(column, "text")
+    values = np.empty(len(col.labels), dtype=object)
+    values[:] = [_cell_value(label, kind, export.dialect) for label in col.labels]
+    if kind != "date":
+        return values[col.codes[order]]
+    rng = export.render_rng
+    # Date cells show in one of two number formats; what was typed as text is the site's own format.
+    shown = rng.random(len(values)) < 0.5
+    for i, value in enumerate(values.tolist()):
+        if isinstance(value, date) and shown[i]:
+            cell = WriteOnlyCell(ws, value=value)
+            cell.number_format = "mm-dd-yy"
+            values[i] = cell
+    typed = np.empty(len(col.labels), dtype=object)
+    typed[:] = [_cell_value(label, "text", export.dialect) for label in col.labels]
+    # Chosen per built row, so a duplicated row shows its dates exactly as its original does.
+    as_text = (rng.random(table.base_rows) < XLSX_TEXT_DATE_SHARE)[table.origin[order]]
+    codes = col.codes[order]
+    return np.where(as_text, typed[codes], values[codes])
+
+
+def _pinned_workbook(data: bytes, properties: Any, moment: datetime) -> bytes:
+    """The saved workbook with its timestamps pinned to the export time (docProps/core.xml and each zip
+    entry), so the same seed writes the same bytes."""
+    import zipfile
+
+    from openpyxl.xml.functions import tostring
+
+    stamp = moment.astimezone(UTC).replace(tzinfo=None)
+    properties.created = properties.modified = stamp
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            body = tostring(properties.to_tree()) if info.filename == "docProps/core.xml" else source.read(info)
+            entry = zipfile.ZipInfo(info.filename, date_time=stamp.timetuple()[:6])
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.create_system = 3
+            entry.external_attr = 0o644 << 16
+            target.writestr(entry, body)
+    return out.getvalue()
+
+
+def write_dts_xlsx(export: SiteExport) -> list[WrittenFile]:
+    """`export.xlsx` with one sheet per dataset, header in row 1 (DTS §3), written by openpyxl in
+    write-only mode: dates mostly as date cells, some typed as text in the site's format, the site's missing
+    code as the number it is typed as, weights in pounds when the site's dialect says so."""
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    rows: dict[str, int] = {}
+    for dataset in DATASET_FILES:
+        sheet = xlsx_sheet(dataset)
+        ws = workbook.create_sheet(sheet)
+        table, columns = export.tables[dataset], export.columns[dataset]
+        ws.append([delivered_column(c, export.dialect) for c in columns])
+        order = table.final_order()
+        for row in zip(*(_xlsx_values(export, ws, table, c, order).tolist() for c in columns), strict=True):
+            ws.append(row)
+        rows[sheet] = len(order)
+        _locate(export, dataset, f"{XLSX_FILE}!{sheet}", order, np.arange(len(order)) + 2)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    moment = datetime.strptime(export.transfer_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return [WrittenFile(XLSX_FILE, _pinned_workbook(buffer.getvalue(), workbook.properties, moment), rows)]
+
+
+# --------------------------------------------------------------------------------------------------
+# redcap: the trial's REDCap project template, its raw export and data dictionary (DTS §4)
+
+REDCAP_EXPORT = "redcap_export.csv"
+REDCAP_DICTIONARY = "data_dictionary.csv"
+REDCAP_DIALECT = Dialect(",", ".", "utf-8", "%Y-%m-%d", ("",), "\n")
+REDCAP_DICTIONARY_COLUMNS = (
+    "Variable / Field Name",
+    "Form Name",
+    "Section Header",
+    "Field Type",
+    "Field Label",
+    "Choices, Calculations, OR Slider Labels",
+    "Field Note",
+    "Text Validation Type OR Show Slider Number",
+    "Text Validation Min",
+    "Text Validation Max",
+    "Identifier?",
+    "Branching Logic (Show field only if...)",
+    "Required Field?",
+    "Custom Alignment",
+    "Question Number (surveys only)",
+    "Matrix Group Name",
+    "Matrix Ranking?",
+    "Field Annotation",
+)
+REDCAP_ID_COLUMNS = (
+    "record_id",
+    "redcap_event_name",
+    "redcap_repeat_instrument",
+    "redcap_repeat_instance",
+    "redcap_data_access_group",
+)
+REDCAP_REPEATING = ("vital_signs", "adverse_events")  # repeating instruments, in export order
+REDCAP_AE_EVENT = "ae_log_arm_1"
+REDCAP_ITEM_LABELS = {"CSSRS": "C-SSRS question {k}"}
+REDCAP_STATUS_SHARE = {2: 0.92, 1: 0.08}  # form statuses as sites leave them: Complete, some Unverified
+REDCAP_EXTRA_TICK = 0.05  # AEs whose less severe action box is ticked too (the most severe counts)
+YES_NO = (("1", "Y"), ("0", "N"))
+PERSONAL_LABELS = {
+    "initials": "Initials",
+    "date_of_birth": "Date of birth",
+    "dob": "Date of birth",
+    "mrn": "Medical record number",
+    "nhs_number": "NHS number",
+    "email": "E-mail",
+}
+
+
+@dataclass(frozen=True)
+class RedcapField:
+    """One field of the REDCap project, and the DTS column (or item) whose value it carries."""
+
+    name: str
+    form: str
+    kind: str  # REDCap field type: text, notes, radio, dropdown, yesno, checkbox, calc
+    label: str
+    choices: tuple[tuple[str, str], ...] = ()  # (raw code, DTS code)
+    validation: str = ""
+    low: str = ""
+    high: str = ""
+    required: bool = False
+    identifier: bool = False
+    calculation: str = ""
+    column: str = ""  # the DTS column it carries; "score" with `item` for an assessment item
+    item: int = 0
+
+    @property
+    def codes(self) -> dict[str, str]:
+        """DTS code -> raw code of a coded field (yesno: 1 Y, 0 N)."""
+        return {label: code for code, label in (YES_NO if self.kind == "yesno" else self.choices)}
+
+    @property
+    def export_columns(self) -> list[str]:
+        return [f"{self.name}___{code}" for code, _ in self.choices] if self.kind == "checkbox" else [self.name]
+
+    def dictionary_row(self) -> list[str]:
+        choices = self.calculation or " | ".join(f"{code}, {label}" for code, label in self.choices)
+        yes = {True: "y", False: ""}
+        return [self.name, self.form, "", self.kind, self.label, choices, "", self.validation, self.low,
+                self.high, yes[self.identifier], "", yes[self.required], "", "", "", "", ""]
+
+
+def _coded(*labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple((str(i), label) for i, label in enumerate(labels, start=1))
+
+
+def redcap_template(design: StudyDesign, personal_data: Sequence[str] = ()) -> list[RedcapField]:
+    """The trial's REDCap project: its fields in form order, as its data dictionary lists them (DTS §4),
+    plus the personal-data fields a site added to its enrollment form."""
+    f = RedcapField
+    date = {"validation": "date_ymd"}
+    fields = [
+        f("record_id", "enrollment", "text", "Record ID", column="subject_id"),
+        f("scr_date", "enrollment", "text", "Screening date", **date, required=True, column="screening_date"),
+        f("consent_date", "enrollment", "text", "Consent date", **date, required=True, column="consent_date"),
+        f("birth_year", "enrollment", "text", "Year of birth", validation="integer", low="1900", high="2010",
+          required=True, column="birth_year"),
+        f("sex", "enrollment", "radio", "Sex", _coded("F", "M", "X"), required=True, column="sex"),
+        f("weight_kg", "enrollment", "text", "Weight (kg)", validation="number", low="30", high="250",
+          required=True, column="weight_kg"),
+        f("prior_ect", "enrollment", "yesno", "Prior ECT", required=True, column="prior_ect"),
+        *(
+            f(name, "enrollment", "text", PERSONAL_LABELS.get(name, name.replace("_", " ").capitalize()),
+              validation="date_ymd" if name in ("date_of_birth", "dob") else "", identifier=True, column=name)
+            for name in personal_data
+        ),
+        f("status", "study_status", "dropdown", "Participant status",
+          _coded("SCREENED", "SCREEN_FAILED", "ENROLLED", "COMPLETED", "WITHDRAWN"), required=True,
+          column="status"),
+        f("withdrawal_date", "study_status", "text", "Withdrawal date", **date, column="withdrawal_date"),
+        f("withdrawal_reason", "study_status", "notes", "Withdrawal reason", column="withdrawal_reason"),
     ]
+    for code, ins in design.instruments.items():
+        form = code.lower()
+        fields.append(f(f"{form}_date", form, "text", f"{code} date", **date, column="assessment_date"))
+        if ins.rater_required:
+            fields.append(f(f"{form}_rater", form, "text", "Rater ID", column="rater_id"))
+        yes_no = (ins.item_min, ins.item_max) == (0, 1)
+        scale = tuple((str(v), str(v)) for v in range(ins.item_min, ins.item_max + 1))
+        label = REDCAP_ITEM_LABELS.get(code, code + " item {k}")
+        for k in range(1, ins.items + 1):
+            kind, choices = ("yesno", ()) if yes_no else ("radio", scale)
+            fields.append(f(f"{form}_{k}", form, kind, label.format(k=k), choices, column="score", item=k))
+        if ins.has_total:
+            total = "sum(" + ",".join(f"[{form}_{k}]" for k in range(1, ins.items + 1)) + ")"
+            fields.append(f(f"{form}_total", form, "calc", f"{code} total", calculation=total))
+    fields += [
+        f("dose_date", "dosing", "text", "Dosing date", **date, column="session_date"),
+        f("dose_time", "dosing", "text", "Session start", validation="time", column="start_time"),
+        f("dose_route", "dosing", "dropdown", "Route", _coded("IV", "IM", "SL", "IN"), column="route"),
+        f("dose_mg", "dosing", "text", "Dose (mg)", validation="number", low="0", high="800", column="dose_mg"),
+        f("dose_weight_kg", "dosing", "text", "Weight at dosing (kg)", validation="number", low="30", high="250",
+          column="weight_kg"),
+        f("dose_infusion_min", "dosing", "text", "Infusion duration (min)", validation="integer", low="1",
+          high="240", column="infusion_min"),
+        f("dose_duration_min", "dosing", "text", "Session duration (min)", validation="integer", low="5",
+          high="600", column="duration_min"),
+        f("dose_therapist", "dosing", "text", "Therapist ID", column="therapist_id"),
+        f("dose_attended", "dosing", "yesno", "Attended", column="attended"),
+        f("ts_date", "therapy_session", "text", "Session date", **date, column="session_date"),
+        f("ts_time", "therapy_session", "text", "Start time", validation="time", column="start_time"),
+        f("ts_duration_min", "therapy_session", "text", "Duration (min)", validation="integer", low="5",
+          high="600", column="duration_min"),
+        f("ts_therapist", "therapy_session", "text", "Therapist ID", column="therapist_id"),
+        f("ts_attended", "therapy_session", "yesno", "Attended", column="attended"),
+        f("vs_timepoint", "vital_signs", "dropdown", "Timepoint", _coded("PRE", "T40", "T120"), column="timepoint"),
+        f("vs_time", "vital_signs", "text", "Time measured", validation="time", column="measured_time"),
+        f("vs_sbp", "vital_signs", "text", "Systolic BP", validation="integer", low="50", high="300", column="sbp"),
+        f("vs_dbp", "vital_signs", "text", "Diastolic BP", validation="integer", low="20", high="200", column="dbp"),
+        f("vs_hr", "vital_signs", "text", "Heart rate", validation="integer", low="20", high="250", column="hr"),
+        f("vs_spo2", "vital_signs", "text", "SpO2", validation="integer", low="50", high="100", column="spo2"),
+        f("ae_id", "adverse_events", "text", "AE ID", column="ae_id"),
+        f("ae_term", "adverse_events", "text", "Verbatim term", column="term"),
+        f("ae_onset", "adverse_events", "text", "Onset date", **date, column="onset_date"),
+        f("ae_end", "adverse_events", "text", "End date", **date, column="end_date"),
+        f("ae_severity", "adverse_events", "dropdown", "Severity", _coded("MILD", "MODERATE", "SEVERE"),
+          column="severity"),
+        f("ae_serious", "adverse_events", "yesno", "Serious", column="serious"),
+        f("ae_related", "adverse_events", "dropdown", "Relatedness",
+          _coded("NOT_RELATED", "UNLIKELY", "POSSIBLE", "PROBABLE", "DEFINITE"), column="related"),
+        f("ae_outcome", "adverse_events", "dropdown", "Outcome",
+          _coded("RECOVERED", "RECOVERING", "NOT_RECOVERED", "RECOVERED_WITH_SEQUELAE", "FATAL", "UNKNOWN"),
+          column="outcome"),
+        f("ae_action", "adverse_events", "checkbox", "Action taken",
+          _coded("NONE", "DOSE_REDUCED", "DOSE_INTERRUPTED", "DRUG_WITHDRAWN"), column="action"),
+    ]
+    return fields
 
 
-# One writer per delivery format; a later issue adds "redcap" and "dts-xlsx" here.
-SITE_WRITERS: dict[str, Callable[[SiteExport], list[WrittenFile]]] = {"dts-csv": write_dts_csv}
+def redcap_events(design: StudyDesign) -> list[tuple[str, str | None]]:
+    """(event, visit) in the project's event order (DTS §4); the AE log last, with no visit."""
+    order = [SCREENING, BASELINE, *design.visits_of_kind("PREPARATION")]
+    for dose in design.dosing_visits:
+        following = [v for v, rule in design.visits.items() if rule.anchor == dose]
+        order += [dose, *sorted(following, key=lambda v: design.visits[v].kind != "assessment")]
+    order += [v for v in design.assessment_visits if v not in order]
+    return [*((redcap_event_name(v), v) for v in order), (REDCAP_AE_EVENT, None)]
+
+
+def redcap_event_name(visit: str) -> str:
+    """SCR -> screening_arm_1, PREP1 -> prep_1_arm_1, D1P24 -> post_dose_1_24h_arm_1, W12 -> week_12_arm_1."""
+    after = re.fullmatch(r"D(\d+)P(\d+)", visit)
+    if after:
+        return f"post_dose_{after.group(1)}_{after.group(2)}h_arm_1"
+    stem, number = re.fullmatch(r"([A-Z]+?)(\d*)", visit).groups()  # type: ignore[union-attr]
+    words = {"SCR": "screening", "BL": "baseline", "PREP": "prep", "D": "dose", "INT": "integration", "W": "week"}
+    return "_".join(p for p in (words.get(stem, stem.lower()), number) if p) + "_arm_1"
+
+
+# The dataset whose records each form holds; every other form is an instrument's (assessment items).
+REDCAP_FORM_DATASETS = {
+    "enrollment": "participants",
+    "study_status": "participants",
+    "dosing": "sessions",
+    "therapy_session": "sessions",
+    "vital_signs": "vitals",
+    "adverse_events": "adverse_events",
+}
+
+
+class _Grid:
+    """The export's columns as codes into labels, one code per line (0 = empty), filled dataset by dataset."""
+
+    def __init__(self, lines: int) -> None:
+        self.lines = lines
+        self.cols: dict[str, tuple[np.ndarray, list[str]]] = {}
+
+    def put(self, column: str, lines: np.ndarray, codes: np.ndarray, labels: Sequence[str]) -> None:
+        target, known = self.cols.setdefault(column, (np.zeros(self.lines, dtype=np.int32), [""]))
+        target[lines] = np.asarray(codes, dtype=np.int32) + len(known)
+        known.extend(labels)
+
+    def put_col(self, column: str, lines: np.ndarray, col: Col, rows: np.ndarray, codes: Mapping[str, str]) -> None:
+        """A table column's values on their lines, DTS codes turned into raw codes (others pass as they are)."""
+        self.put(column, lines, col.codes[rows], [codes.get(label, label) for label in col.labels])
+
+    def texts(self, values: Sequence[str], lines: np.ndarray, column: str) -> None:
+        self.put(column, lines, np.arange(len(values)), values)
+
+    def table(self, columns: Sequence[str]) -> Table:
+        cols = {c: Col(*self.cols.get(c, (np.zeros(self.lines, dtype=np.int32), [""]))) for c in columns}
+        return Table("redcap", cols, np.arange(self.lines))
+
+
+def _first_per_line(lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct lines and, for each, the position of its first row."""
+    return np.unique(lines, return_index=True)
+
+
+def _statuses(export: SiteExport, table: Table, rows: np.ndarray) -> np.ndarray:
+    """Form status per row: an injected 0, else drawn per built row (a copy shows its original's status)."""
+    codes = np.array(list(REDCAP_STATUS_SHARE))
+    drawn = export.render_rng.choice(codes, table.base_rows, p=list(REDCAP_STATUS_SHARE.values()))
+    status = drawn[table.origin[rows]]
+    injected = table.num.get("status")
+    return status if injected is None else np.where(injected[rows] >= 0, injected[rows], status)
+
+
+@dataclass
+class RedcapLayout:
+    """The export's lines: per line its (record rank, event, repeating instrument, instance) key, sorted as
+    REDCap exports them, and per dataset the table rows delivered and the line each sits on."""
+
+    records: list[str]
+    keys: np.ndarray
+    located: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def redcap_layout(export: SiteExport, events: list[tuple[str, str | None]]) -> RedcapLayout:
+    """One line per record x event, one per instance of a repeating instrument (numbered from 1 per
+    record, event and instrument in file order); lines sorted by record, event order, instrument, instance."""
+    event_index = {visit: i for i, (_, visit) in enumerate(events) if visit}
+    rows_of, records_of, events_of = {}, [], {}
+    for dataset, table in export.tables.items():
+        rows = rows_of[dataset] = table.final_order()
+        subject = table.cols["subject_id"]
+        records_of.append(np.array(subject.labels, dtype=object)[subject.codes[rows]])
+        if dataset == "participants":
+            events_of[dataset] = np.full(len(rows), event_index[SCREENING])
+        elif dataset == "adverse_events":
+            events_of[dataset] = np.full(len(rows), len(events) - 1)
+        else:
+            visit = table.cols["visit"]
+            events_of[dataset] = np.array([event_index[v] for v in visit.labels], dtype=np.int64)[visit.codes[rows]]
+    records, rank = np.unique(np.concatenate(records_of).astype(str), return_inverse=True)
+    bounds = np.cumsum([0, *(len(rows) for rows in rows_of.values())])
+    keys = []
+    for (dataset, rows), start, stop in zip(rows_of.items(), bounds[:-1], bounds[1:], strict=True):
+        form = REDCAP_REPEATING_FORMS.get(dataset)
+        repeat = REDCAP_REPEATING.index(form) + 1 if form else 0
+        record_rank, event = rank.ravel()[start:stop], events_of[dataset]
+        instance = np.zeros(len(rows), dtype=np.int64)
+        if repeat:
+            group = record_rank * len(events) + event
+            order = np.argsort(group, kind="stable")
+            ordered = group[order]
+            instance[order] = np.arange(len(rows)) - np.searchsorted(ordered, ordered) + 1
+        keys.append(np.stack([record_rank, event, np.full(len(rows), repeat), instance], axis=1))
+    unique, line = np.unique(np.concatenate(keys).reshape(-1, 4), axis=0, return_inverse=True)
+    line = line.ravel()
+    located = {
+        dataset: (rows, line[start:stop])
+        for (dataset, rows), start, stop in zip(rows_of.items(), bounds[:-1], bounds[1:], strict=True)
+    }
+    return RedcapLayout([str(r) for r in records], unique, located)
+
+
+REDCAP_REPEATING_FORMS = {"vitals": "vital_signs", "adverse_events": "adverse_events"}
+
+
+def write_redcap(export: SiteExport) -> list[WrittenFile]:
+    """The raw export `redcap_export.csv` and the project's `data_dictionary.csv` (DTS §4): one row per
+    record x event and per repeating instance; choices, yes/no and checkboxes as raw codes; each form's
+    `<form>_complete` status; calculated totals as REDCap computes them, blank when an item is not a valid
+    score, a few points off where a TOTAL_MISMATCH was injected. Each conformed record's line is recorded."""
+    design = export.injector.design
+    personal = [c for c in export.tables["participants"].cols if c in PERSONAL_COLUMNS]
+    template = redcap_template(design, personal)
+    events = redcap_events(design)
+    layout = redcap_layout(export, events)
+    keys = layout.keys
+    grid = _Grid(len(keys))
+    grid.put("record_id", np.arange(len(keys)), keys[:, 0], layout.records)
+    grid.put("redcap_event_name", np.arange(len(keys)), keys[:, 1], [e for e, _ in events])
+    grid.put("redcap_repeat_instrument", np.arange(len(keys)), keys[:, 2], ["", *REDCAP_REPEATING])
+    instances = [str(i) for i in range(1, int(keys[:, 3].max(initial=0)) + 1)]
+    grid.put("redcap_repeat_instance", np.arange(len(keys)), keys[:, 3], ["", *instances])
+    grid.put("redcap_data_access_group", np.arange(len(keys)), np.zeros(len(keys)), [export.source.lower()])
+    forms: dict[str, list[RedcapField]] = {}
+    for fld in template:
+        forms.setdefault(fld.form, []).append(fld)
+    for form, fields in forms.items():
+        dataset = REDCAP_FORM_DATASETS.get(form, "assessment_items")
+        table = export.tables[dataset]
+        rows, lines = layout.located[dataset]
+        if dataset == "sessions":
+            dosing = np.isin(np.array(table.cols["visit"].labels, dtype=object), design.dosing_visits)
+            mine = dosing[table.cols["visit"].codes[rows]] == (form == "dosing")
+            rows, lines = rows[mine], lines[mine]
+        elif dataset == "assessment_items":
+            instrument = table.cols["instrument"]
+            mine = np.array(instrument.labels, dtype=object)[instrument.codes[rows]] == form.upper()
+            rows, lines = rows[mine], lines[mine]
+        _put_form(export, grid, form, fields, table, rows, lines)
+    columns = [*REDCAP_ID_COLUMNS]
+    for form, fields in forms.items():
+        columns += [c for fld in fields if fld.name != "record_id" for c in fld.export_columns]
+        columns.append(f"{form}_complete")
+    export_file = render_csv(grid.table(columns), columns, REDCAP_DIALECT, REDCAP_EXPORT)
+    for dataset, (rows, lines) in layout.located.items():
+        _locate(export, dataset, REDCAP_EXPORT, rows, lines + 2)
+    return [export_file, render_redcap_dictionary(template)]
+
+
+def _put_form(
+    export: SiteExport, grid: _Grid, form: str, fields: list[RedcapField], table: Table, rows: np.ndarray,
+    lines: np.ndarray,
+) -> None:
+    """One form's fields on the lines of its records. An assessment's records share their form's row: the
+    form-level fields (date, rater, total, status) come from its first item record."""
+    if len(rows) == 0:
+        return
+    assessment = table.dataset == "assessment_items"
+    first_lines, first = _first_per_line(lines) if assessment else (lines, np.arange(len(rows)))
+    for fld in fields:
+        if fld.name == "record_id" or fld.kind == "calc":
+            continue
+        if fld.item:
+            item = table.cols["item"]
+            mine = np.array(item.labels, dtype=object)[item.codes[rows]] == str(fld.item)
+            grid.put_col(fld.name, lines[mine], table.cols["score"], rows[mine], {})
+        elif fld.kind == "checkbox":
+            _put_checkbox(export, grid, fld, table, rows, lines)
+        else:
+            col = table.cols[fld.column]
+            # A form's fields are one value per row: every record of an assessment's form must agree on them.
+            if assessment and np.any(col.codes[rows] != col.codes[rows[first]][np.searchsorted(first_lines, lines)]):
+                raise AssertionError(f"{export.source}: records of one {form} form differ in {fld.column}")
+            grid.put_col(fld.name, first_lines, col, rows[first], fld.codes)
+    if any(fld.kind == "calc" for fld in fields):
+        _put_total(grid, form, table, rows, lines, first_lines, first)
+    status = _statuses(export, table, rows[first])
+    grid.put(f"{form}_complete", first_lines, status, ["0", "1", "2"])
+
+
+def _put_total(
+    grid: _Grid, form: str, table: Table, rows: np.ndarray, lines: np.ndarray, first_lines: np.ndarray,
+    first: np.ndarray,
+) -> None:
+    """REDCap's sum of the form's items (blank items add nothing); left blank when an item is not a valid
+    score, so no total can be read against quarantined items; an injected offset makes a TOTAL_MISMATCH."""
+    score = table.cols["score"]
+    values = np.array([int(s) if re.fullmatch(r"\d+", s) else np.nan for s in score.labels])[score.codes[rows]]
+    where = np.searchsorted(first_lines, lines)
+    sums = np.bincount(where, weights=values, minlength=len(first_lines))
+    in_score = (table.reason_col[rows] == "score").astype(np.float64)
+    faulty = np.bincount(where, weights=in_score, minlength=len(first_lines)) > 0
+    offsets = table.num["total_offset"][rows[first]] if "total_offset" in table.num else np.zeros(len(first))
+    ok = ~faulty & ~np.isnan(sums)
+    totals = (sums[ok] + offsets[ok]).astype(np.int64)
+    grid.texts([str(t) for t in totals.tolist()], first_lines[ok], f"{form}_total")
+
+
+def _put_checkbox(
+    export: SiteExport, grid: _Grid, fld: RedcapField, table: Table, rows: np.ndarray, lines: np.ndarray
+) -> None:
+    """One 0/1 column per choice; the action's box is ticked, now and then a less severe one too (the most
+    severe ticked box counts, DTS §4); a missing action ticks none."""
+    col = table.cols[fld.column]
+    box = np.array([int(fld.codes.get(label, 0)) for label in col.labels])[col.codes[rows]]
+    extra = (export.render_rng.random(table.base_rows) < REDCAP_EXTRA_TICK)[table.origin[rows]] & (box >= 2)
+    for code, _ in fld.choices:
+        ticked = (box == int(code)) | (extra & (box - 1 == int(code)))
+        grid.put(f"{fld.name}___{code}", lines, ticked.astype(np.int32), ["0", "1"])
+
+
+def render_redcap_dictionary(template: Sequence[RedcapField]) -> WrittenFile:
+    lines = [REDCAP_DICTIONARY_COLUMNS, *(fld.dictionary_row() for fld in template)]
+    text = "".join(",".join(_quote(v, ",") for v in line) + "\n" for line in lines)
+    return WrittenFile(REDCAP_DICTIONARY, text.encode("utf-8"), len(template))
+
+
+# One writer per delivery format (DTS §2); a source of any other format is skipped and reported.
+SITE_WRITERS: dict[str, Callable[[SiteExport], list[WrittenFile]]] = {
+    "dts-csv": write_dts_csv,
+    "dts-xlsx": write_dts_xlsx,
+    "redcap": write_redcap,
+}
 
 
 def write_transfer(
@@ -1791,9 +2538,12 @@ def build_site_export(
     transfer_id: str,
     profile: SiteProfile,
     defect_rate: float,
+    fmt: str = "dts-csv",
 ) -> SiteExport:
+    """One site's simulated trial as delivered in `fmt`. The simulation draws only from the site's own random
+    stream, before anything format-dependent, so every format holds the same people, visits and values."""
     rng = _rng(seed, source, 0)
-    dialect = Dialect.from_settings(settings)
+    dialect = site_dialect(settings, fmt)
     trial = simulate_site(rng, design, source, n, _export_day(moment, settings.get("timezone")))
     sessions = build_sessions(rng, trial, design, dialect)
     tables = {
@@ -1806,28 +2556,41 @@ def build_site_export(
     add_profile_columns(rng, tables, trial, dialect, profile)
     for table in tables.values():
         vary_missing(rng, table, dialect)
-    injector = DefectInjector(rng, trial, design, dialect, tables, transfer_id)
+    injector_class = RedcapInjector if fmt == "redcap" else DefectInjector
+    injector = injector_class(rng, trial, design, dialect, tables, transfer_id)
     inject_defects(injector, defect_rate, trial.n)
     mark_unknown_consequences(injector)
     columns = {ds: _column_order(rng, t, ds, profile.shuffle_columns) for ds, t in tables.items()}
-    return SiteExport(source, transfer_id, dialect, tables, columns, trial, injector)
+    render_rng = _rng(seed, source, 2)
+    return SiteExport(source, transfer_id, dialect, tables, columns, trial, injector, fmt, render_rng)
+
+
+def site_dialect(settings: Mapping[str, Any], fmt: str) -> Dialect:
+    """How a site writes values in `fmt`: a REDCap raw export is REDCap's (ISO dates, `.`, empty); a workbook
+    holds numbers as numbers and weights in pounds (`weight_lb`, DTS §2 S06); a CSV follows the registry."""
+    if fmt == "redcap":
+        return REDCAP_DIALECT
+    dialect = Dialect.from_settings(settings)
+    return replace(dialect, decimal=".", weight_unit="lb") if fmt == "dts-xlsx" else dialect
 
 
 def expected_quarantine(export: SiteExport) -> list[dict[str, Any]]:
-    """Every record to quarantine, located by its line in the written file (header = line 1)."""
+    """Every record to quarantine, located where the writer put it: its file (or `export.xlsx!<sheet>`) and
+    line or sheet row (header = 1). A REDCap row holding several records lists each of them."""
     records = []
     for dataset, table in export.tables.items():
-        order = table.final_order()
-        lines = np.flatnonzero(table.reason[order] != "")
-        for line, row in zip((lines + 2).tolist(), order[lines].tolist(), strict=True):
+        source_file, lines = export.located[dataset]
+        rows = np.flatnonzero(table.alive & (table.reason != ""))
+        rows = rows[np.argsort(lines[rows], kind="stable")]
+        for row, line in zip(rows.tolist(), lines[rows].tolist(), strict=True):
             records.append(
                 {
                     "source": export.source,
                     "transfer_id": export.transfer_id,
                     "dataset": dataset,
-                    "source_file": DATASET_FILES[dataset],
+                    "source_file": source_file,
                     "source_row": line,
-                    "column": table.reason_col[row],
+                    "column": delivered_column(table.reason_col[row], export.dialect),
                     "reason_code": table.reason[row],
                 }
             )
@@ -1889,17 +2652,34 @@ def generate_trial(
     defect_rate: float = 0.01,
     transfer_time: datetime | None = None,
     study: str = "KAP-TRD-01",
+    formats_as: Mapping[str, str] | None = None,
 ) -> GenerationReport:
-    """Write one transfer per `dts-csv` source and one IWRS list under `out`, plus the report `.generation_report.json`.
+    """Write one transfer per site source, in its registered format and dialect (`dts-csv`, `dts-xlsx`,
+    `redcap`), and one IWRS list under `out`, plus the report `.generation_report.json`.
 
     Transfer ids are the export's UTC time: `transfer_time` (default 2026-06-01T02:00Z) plus ten minutes
-    per position of the source in the registry, so the same arguments give byte-identical output.
+    per position of the source in the registry, so the same arguments give byte-identical output (the
+    workbook's internal timestamps are pinned to that time too). Sources of a format without a writer
+    are skipped and listed in `report.skipped`.
+
+    `formats_as` maps a source to the format to render it in instead of its registered one, e.g.
+    `{"S01": "redcap"}`. The site's simulated trial (people, visits, values) depends only on the seed and
+    the source id, so the same source delivered as `dts-csv`, `dts-xlsx` and `redcap` holds the same data:
+    with `defect_rate=0` every format lands the same records (weights from a workbook come in pounds, so
+    they agree to the pound's rounding, < 0.03 kg). With defects, `dts-csv` and `dts-xlsx` carry the same
+    ones; `redcap` carries those a REDCap export can hold. The manifest names the rendered format, so the
+    pipeline must be given a registry in which the source has that format.
     """
     if not 1 <= participants_per_site <= 8999:
         raise ValueError("participants_per_site must be 1..8999 (subject ids have four digits)")
     if not 0 <= defect_rate <= 1:
         raise ValueError("defect_rate must be between 0 and 1")
     registry = {s: dict(v) for s, v in (sources if sources is not None else load_registry()).items()}
+    for source, fmt in (formats_as or {}).items():
+        if source not in registry or registry[source].get("format") == IWRS_FORMAT or fmt not in SITE_WRITERS:
+            raise ValueError(f"formats_as: {source!r} as {fmt!r}: a registered site source and one of "
+                             f"{', '.join(SITE_WRITERS)}")
+        registry[source]["format"] = fmt
     design = load_study_design()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1932,13 +2712,15 @@ def generate_trial(
             transfer_id,
             profiles[source],
             defect_rate,
+            fmt,
         )
         files = writer(export)
         folder = write_transfer(out, study, source, transfer_id, fmt, files)
         report.transfers.append((source, transfer_id, folder))
         report.formats[source] = fmt
-        for dataset, written in zip(DATASET_FILES, files, strict=True):
-            report.delivered[(source, dataset)] = written.rows
+        for dataset, table in export.tables.items():
+            # Conformed records delivered: a file's data rows, or the records a REDCap export fans out into.
+            report.delivered[(source, dataset)] = int(table.alive.sum())
             report.expected_collapsed[(source, dataset)] = export.injector.collapsed[dataset]
         report.expected_quarantine.extend(expected_quarantine(export))
         report.injected_flags.extend(export.injector.flags)

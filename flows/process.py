@@ -17,6 +17,8 @@ import pyarrow as pa
 
 from flows.conform import collapse_select, conform_select, quote_ident
 from flows.read import RECORD, ROW, RawDataset, read_csv_datasets
+from flows.read_redcap import read_redcap
+from flows.read_xlsx import read_dts_xlsx
 from flows.validate import (
     conflicting_duplicates_sql,
     malformed_findings,
@@ -63,6 +65,8 @@ class ProcessedTransfer:
 # One reader per format: each loads the transfer's datasets as text tables (stage 3).
 READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, VerifiedTransfer], dict[str, RawDataset]]] = {
     "dts-csv": read_csv_datasets,
+    "dts-xlsx": read_dts_xlsx,
+    "redcap": read_redcap,
     "iwrs": read_csv_datasets,
 }
 

@@ -19,7 +19,7 @@ TEXT_FORMATS = ("dts-csv", "redcap", "iwrs")
 REQUIRED_SETTINGS = ("name", "format", "delimiter", "decimal", "encoding", "date_format", "missing_values",
                      "timezone")
 # The formats this build can ingest; a transfer of another format waits, unprocessed.
-SUPPORTED_FORMATS = ("dts-csv", "iwrs")
+SUPPORTED_FORMATS = ("dts-csv", "dts-xlsx", "redcap", "iwrs")
 
 
 # What each strftime directive of a registered date format looks like, written in full.
