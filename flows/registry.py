@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,7 +108,12 @@ def parse_registry(document: Mapping[str, Any]) -> dict[str, Source]:
     return sources
 
 
+def registry_path() -> Path:
+    """`schemas/sources.yaml`, unless a deployment points KAP_SOURCES at its own registry."""
+    return Path(os.environ.get("KAP_SOURCES") or SCHEMAS_DIR / "sources.yaml")
+
+
 def load_registry(path: Path | None = None) -> dict[str, Source]:
-    path = path or SCHEMAS_DIR / "sources.yaml"
+    path = path or registry_path()
     with open(path, encoding="utf-8") as fh:
         return parse_registry(yaml.safe_load(fh))
