@@ -99,22 +99,34 @@ class RawDataset:
         return notes
 
 
+def reject_duplicate_columns(label: str, header: list[str], blank_ok: bool = False) -> set[str]:
+    """The header's names; a name given twice rejects the transfer (DTS §2.1)."""
+    seen: set[str] = set()
+    for name in header:
+        if name in seen and not (blank_ok and name == ""):
+            raise Rejected(f"{label}: column {name!r} appears twice in the header")
+        seen.add(name)
+    return seen
+
+
+def check_dataset_header(label: str, header: list[str], dataset: Dataset, blank_ok: bool = False) -> set[str]:
+    """The names a dataset reads from this header; a duplicated name or a missing required
+    column (or its unit alternative) rejects the transfer."""
+    seen = reject_duplicate_columns(label, header, blank_ok)
+    for column in dataset.header_required:
+        alternative = dataset.alternatives.get(column, (None, 0.0))[0]
+        if column not in seen and alternative not in seen:
+            also = f" (or {alternative})" if alternative else ""
+            raise Rejected(f"{label} lacks the required column {column}{also}")
+    return {c.name for c in dataset.columns} | {alt for alt, _ in dataset.alternatives.values()}
+
+
 def inspect_file(path: Path, dataset: Dataset, source: Source) -> ReadFile:
     """Check a file's header against its dataset; reject what cannot be read as that dataset."""
     encoding = text_encoding(source, path.name) or "utf-8"
     delimiter = source.delimiter or ","
     header = read_header(path, encoding, delimiter)
-    seen: set[str] = set()
-    for name in header:
-        if name in seen:
-            raise Rejected(f"{path.name}: column {name!r} appears twice in the header")
-        seen.add(name)
-    wanted = {c.name for c in dataset.columns} | {alt for alt, _ in dataset.alternatives.values()}
-    for column in dataset.header_required:
-        alternative = dataset.alternatives.get(column, (None, 0.0))[0]
-        if column not in seen and alternative not in seen:
-            also = f" (or {alternative})" if alternative else ""
-            raise Rejected(f"{path.name} lacks the required column {column}{also}")
+    wanted = check_dataset_header(path.name, header, dataset)
     return ReadFile(
         dataset=dataset,
         path=path,

@@ -25,7 +25,17 @@ import duckdb
 import yaml
 
 from flows.conform import missing_to_null, quote_ident, quote_literal
-from flows.read import RECORD, ROW, MalformedRecord, RawDataset, ReadFile, expected_rows, load_file, read_header
+from flows.read import (
+    RECORD,
+    ROW,
+    MalformedRecord,
+    RawDataset,
+    ReadFile,
+    expected_rows,
+    load_file,
+    read_header,
+    reject_duplicate_columns,
+)
 from flows.registry import Source
 from flows.settings import SCHEMAS_DIR
 from flows.verify import Rejected, VerifiedTransfer, text_encoding
@@ -247,11 +257,7 @@ def check_template_fields(template: Template, fields: dict[str, Field]) -> None:
 def inspect_export(path: Path, encoding: str, delimiter: str, template: Template,
                    fields: dict[str, Field]) -> Export:
     header = read_header(path, encoding, delimiter)
-    seen: set[str] = set()
-    for name in header:
-        if name in seen:
-            raise Rejected(f"{EXPORT}: column {name!r} appears twice in the header")
-        seen.add(name)
+    seen = reject_duplicate_columns(EXPORT, header)
     required = [template.record_id, template.event, *(f + COMPLETE_SUFFIX for f in template.forms)]
     checkboxes: dict[str, list[tuple[str, str]]] = {}
     for block in template.blocks:

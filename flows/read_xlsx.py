@@ -33,7 +33,7 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
 from flows.conform import quote_ident
-from flows.read import RECORD, ROW, RawDataset
+from flows.read import RECORD, ROW, RawDataset, check_dataset_header
 from flows.verify import Rejected, VerifiedTransfer
 from schemas.datasets import DATASETS, PERSONAL_DATA_COLUMNS, Dataset
 
@@ -242,17 +242,8 @@ def inspect_sheet(workbook: Workbook, dataset: Dataset, date_format: str) -> She
     if len(first) > EXCEL_MAX_COLUMNS:
         raise Rejected(f"{WORKBOOK}!{name} is not a valid worksheet: its header is {len(first)} columns wide")
     header = [cell_text(v, date_format) for v in first]
-    seen: set[str] = set()
-    for column in header:
-        if column in seen and column != "":
-            raise Rejected(f"{WORKBOOK}!{name}: column {column!r} appears twice in the header")
-        seen.add(column)
-    wanted = {c.name for c in dataset.columns} | {alt for alt, _ in dataset.alternatives.values()}
-    for column in dataset.header_required:
-        alternative = dataset.alternatives.get(column, (None, 0.0))[0]
-        if column not in seen and alternative not in seen:
-            also = f" (or {alternative})" if alternative else ""
-            raise Rejected(f"{WORKBOOK}!{name} lacks the required column {column}{also}")
+    # a blank header cell names no column, so two of them are no duplicate
+    wanted = check_dataset_header(f"{WORKBOOK}!{name}", header, dataset, blank_ok=True)
     positions = [i for i, c in enumerate(header) if c in wanted]
     return Sheet(
         dataset=dataset,
