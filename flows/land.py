@@ -47,8 +47,9 @@ REASON_TEXT = """case reason_code
         else format('''{}'' cannot be read as a {}', value, detail) end
     when 'MISSING_REQUIRED' then format('{} is required and missing', column_name)
     when 'OUT_OF_RANGE' then format('''{}'' is outside the allowed values: {}', value, detail)
-    when 'UNKNOWN_SUBJECT' then case when detail = 'other site'
-        then format('subject {} belongs to another site than {}', value, getvariable('site_id'))
+    when 'UNKNOWN_SUBJECT' then case detail
+        when 'other site' then format('subject {} belongs to another site than {}', value, source)
+        when 'other group' then format('subject {} is on a row of another site''s data access group', value)
         else format('subject {} is not among the participants landing from this transfer', value) end
     when 'CONFLICTING_DUPLICATE' then format('{} but differ ({} is one difference)', detail, column_name)
     when 'INVALID_VISIT' then format('''{}'' is not a {} the dataset or instrument has', value, column_name)

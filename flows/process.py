@@ -83,7 +83,8 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     con.register(f"model_findings_{ds}", run_model(con, dataset, f"conf_{ds}"))
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
     # who may appear in a site's data: its own participants landing from the same transfer
-    unknown = unknown_subject_sql(f"conf_{ds}", transfer.source.source_id, known_subjects)
+    unknown = unknown_subject_sql(f"conf_{ds}", transfer.source.source_id, known_subjects,
+                                  site_group="_site_group" in rf.passthrough)
     subjects = f"union all select * from ({unknown})" if dataset.site_scoped else ""
     con.execute(f"""
         create or replace temp table findings_{ds} as

@@ -47,6 +47,7 @@ TEMPLATE_PATH = SCHEMAS_DIR / "redcap.yaml"
 EXPORT_TABLE = "redcap_export_rows"
 FORM_STATUS = "_form_status"
 DELIVERED_TOTAL = "_delivered_total"
+SITE_GROUP = "_site_group"
 COMPLETE_SUFFIX = "_complete"
 CHECKBOX_SEPARATOR = "___"
 # `_record` = line * RECORD_SLOTS + the record's slot on its row: a block's items take SLOT_WIDTH slots.
@@ -95,6 +96,7 @@ class Template:
     event: str
     export_columns: tuple[str, ...]
     repeat_instrument: str | None
+    site_group: str | None
     form_status: dict[str, str]  # raw `<form>_complete` code -> status
     type_choices: dict[str, dict[str, str]]  # field type -> built-in choices
     visits: dict[str, str]  # event -> visit (events with a visit only)
@@ -151,6 +153,7 @@ def parse_template(spec: dict[str, Any]) -> Template:
         event=spec["event"],
         export_columns=tuple(spec.get("export_columns") or ()),
         repeat_instrument=spec.get("repeat_instrument"),
+        site_group=spec.get("site_group"),
         form_status=_codes(spec["form_status"]),
         type_choices={t: _codes(c) for t, c in (spec.get("type_choices") or {}).items()},
         visits={e: str(v["visit"]) for e, v in events.items() if v.get("visit")},
@@ -278,6 +281,8 @@ def inspect_export(path: Path, encoding: str, delimiter: str, template: Template
         raise Rejected(f"{EXPORT} lacks the required column(s) {', '.join(missing[:10])}"
                        f"{' …' if len(missing) > 10 else ''}")
     read = set(required) | {c for cs in checkboxes.values() for c, _ in cs}
+    if template.site_group in seen:  # a project without data access groups exports none
+        read.add(template.site_group)
     personal = [c for c in header if c.lower() in PERSONAL_DATA_COLUMNS]
     return Export(
         columns=[c for c in header if c in read and c not in personal],
@@ -394,8 +399,10 @@ class FanOut:
             else:
                 expr = "''"  # a column the block does not deliver: missing
             parts.append(f"{expr} as {quote_ident(column.name)}")
-        parts += [ROW, f"{self.form_status(block)} as {FORM_STATUS}"]
-        passthrough = [FORM_STATUS]
+        group = (missing_to_null(quote_ident(self.template.site_group), self.missing)
+                 if self.template.site_group in self.export.columns else "null::varchar")
+        parts += [ROW, f"{self.form_status(block)} as {FORM_STATUS}", f"{group} as {SITE_GROUP}"]
+        passthrough = [FORM_STATUS, SITE_GROUP]
         if block.dataset == "assessment_items":
             total = missing_to_null(quote_ident(block.total), self.missing) if block.total else "null::varchar"
             parts.append(f"{total} as {DELIVERED_TOTAL}")
@@ -416,8 +423,8 @@ class FanOut:
             return "\nunion all\n".join(self.block_select(b) for b in blocks)
         names = ", ".join(f"''::varchar as {quote_ident(c.name)}" for c in DATASETS[dataset].columns)
         extra = f", null::varchar as {DELIVERED_TOTAL}" if dataset == "assessment_items" else ""
-        return (f"select {names}, null::bigint as {ROW}, null::bigint as {RECORD}, null::varchar as {FORM_STATUS}"
-                f"{extra} where false")
+        return (f"select {names}, null::bigint as {ROW}, null::bigint as {RECORD}, null::varchar as {FORM_STATUS}, "
+                f"null::varchar as {SITE_GROUP}{extra} where false")
 
 
 # --- malformed rows ----------------------------------------------------------------------------------
@@ -483,7 +490,7 @@ def read_redcap(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> d
             table = f"raw_{name}"
             con.execute(f"create or replace temp table {table} as {select}")
             (records,) = con.execute(f"select count(*) from {table}").fetchone() or (0,)
-            passthrough = (FORM_STATUS, DELIVERED_TOTAL) if name == "assessment_items" else (FORM_STATUS,)
+            passthrough = (FORM_STATUS, SITE_GROUP) + ((DELIVERED_TOTAL,) if name == "assessment_items" else ())
             bad = malformed.get(name, [])
             # personal data and extra columns are the export's, reported once for the transfer
             raw[name] = RawDataset(DATASETS[name], table, EXPORT, [c.name for c in DATASETS[name].columns],

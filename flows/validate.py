@@ -87,14 +87,17 @@ def unparseable_sql(dataset: Dataset, conformed: str) -> str:
     return "\nunion all\n".join(parts)
 
 
-def unknown_subject_sql(conformed: str, source_id: str, known_subjects: str | None) -> str:
-    """Subjects of another site, or (outside participants) not landing from this transfer."""
-    prefix = f"split_part(subject_id, '-', 1) <> {quote_literal(source_id)}"
-    unknown = prefix if known_subjects is None else (
-        f"{prefix} or subject_id not in (select subject_id from {known_subjects})")
-    detail = f"case when {prefix} then 'other site' else 'not landing' end"
+def unknown_subject_sql(conformed: str, source_id: str, known_subjects: str | None, site_group: bool = False) -> str:
+    """Subjects of another site (by their prefix, or a REDCap row's data access group), or
+    (outside participants) not landing from this transfer."""
+    other_site = f"split_part(subject_id, '-', 1) <> {quote_literal(source_id)}"
+    other_group = (f"coalesce(_site_group <> {quote_literal(source_id.lower())}, false)" if site_group
+                   else "false")
+    not_landing = "false" if known_subjects is None else f"subject_id not in (select subject_id from {known_subjects})"
+    detail = (f"case when {other_site} then 'other site' when {other_group} then 'other group' "
+              "else 'not landing' end")
     return (f"select {RECORD}, 'UNKNOWN_SUBJECT', 'subject_id', {detail} from {conformed} "
-            f"where subject_id is not null and ({unknown})")
+            f"where subject_id is not null and ({other_site} or {other_group} or {not_landing})")
 
 
 def conflicting_duplicates_sql(dataset: Dataset, conformed: str) -> str:

@@ -281,7 +281,7 @@ def test_item_records_carry_their_form_date_rater_and_item_number(delivered: Del
     madrs = items_of(delivered, "instrument = 'MADRS' and _row = 3", "item", "score", "assessment_date", "rater_id")
     assert madrs == [(str(n), str(s), "2026-01-10", "R001") for n, s in enumerate([3, 2, 1, 0, 4, 2, 1, 3, 2, 1], 1)]
     assert items_of(delivered, "instrument = 'PHQ9'", "distinct rater_id") == [("",)]  # MADRS only: others missing
-    assert delivered.raw["assessment_items"].passthrough == ("_form_status", "_delivered_total")
+    assert delivered.raw["assessment_items"].passthrough == ("_form_status", "_site_group", "_delivered_total")
 
 
 def test_a_form_absent_from_a_row_makes_no_record(delivered: Delivered) -> None:
@@ -475,3 +475,20 @@ def test_form_status_total_and_missing_item_reach_the_flags(tmp_path: Path) -> N
     assert assessments == [("BL", "MADRS", 10, True, 20, "INCOMPLETE"), ("BL", "PHQ9", 8, False, None, "COMPLETE")]
     assert loads == [("adverse_events", 0, 0, 0), ("assessment_items", 34, 34, 0), ("participants", 1, 1, 0),
                      ("sessions", 0, 0, 0), ("vitals", 0, 0, 0)]
+
+
+def test_a_row_of_another_sites_data_access_group_is_an_unknown_subject_and_no_group_is_none(
+        tmp_path: Path) -> None:
+    from flows.ingest_transfers import run_ingest
+
+    rows = [*standard_rows(), {**vital(4, "2", event="dose_2_arm_1"), "redcap_data_access_group": "s04"},
+            {**vital(5, "3", event="dose_2_arm_1"), "redcap_data_access_group": ""}]
+    deliver(tmp_path, rows)
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    con = duckdb.connect(str(tmp_path / "wh" / "kap.duckdb"), read_only=True)
+    quarantined = con.execute("select dataset, source_row, reason_code, message from ops.quarantine").fetchall()
+    landed = con.execute("select visit, timepoint from core.vitals where visit = 'D2'").fetchall()
+    con.close()
+    assert quarantined == [("vitals", 8, "UNKNOWN_SUBJECT", "redcap_export.csv line 8, column subject_id: subject "
+                            "S03-0001 is on a row of another site's data access group")]
+    assert landed == [("D2", "T120")]
