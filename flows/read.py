@@ -52,6 +52,7 @@ class ReadFile:
     records: int = 0  # data records delivered, malformed ones included; known once streamed
     needs_exact_lines: bool = False
     error: str | None = None
+    physical_lines: int | None = None  # known from verify; counted here otherwise
 
 
 def read_header(path: Path, encoding: str, delimiter: str) -> list[str]:
@@ -244,8 +245,10 @@ def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
     """Stream the file into a DuckDB table of text columns plus `_row`, the line each record
     starts on. One pass in the usual case; a second, exact pass only for files whose records
     span lines or break the header's shape."""
-    newlines, trailing = count_newlines(rf.path)
-    physical_lines = newlines + (0 if trailing else 1)
+    if rf.physical_lines is None:
+        newlines, trailing = count_newlines(rf.path)
+        rf.physical_lines = newlines + (0 if trailing else 1)
+    physical_lines = rf.physical_lines
     schema = _schema(rf.columns)
     _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_fast(rf))))
     # Arrow cannot say where records start when they span lines, nor read some shapes that are
@@ -272,6 +275,7 @@ def read_csv_datasets(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer
              for name, d in datasets_of(transfer.format).items()}
     raw = {}
     for name, rf in files.items():
+        rf.physical_lines = transfer.files[rf.path.name].lines
         load_file(con, rf, f"raw_{name}")
         if rf.records != expected_rows(transfer, rf.path.name):
             raise Rejected(f"{rf.path.name} holds {rf.records} data rows; the manifest says "

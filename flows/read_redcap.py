@@ -479,6 +479,7 @@ def read_redcap(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> d
     # one file holds every dataset: the ReadFile's dataset is only a label here
     rf = ReadFile(DATASETS["participants"], path, export.columns, export.personal_data, export.ignored, encoding,
                   delimiter)
+    rf.physical_lines = transfer.files[EXPORT].lines
     try:
         load_file(con, rf, EXPORT_TABLE)
         if rf.records != expected_rows(transfer, EXPORT):

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ class ManifestFile:
     path: Path
     sha256: str
     rows: Any  # int, or for a workbook a mapping of sheet name to rows
+    lines: int | None = None  # physical lines, counted while verifying
 
 
 @dataclass
@@ -138,14 +139,17 @@ def check_listing(manifest: dict[str, Any], ref: TransferRef, source: Source) ->
     return files
 
 
-def hash_and_decode(path: Path, encoding: str | None) -> str:
-    """SHA-256 of the file, decoding it on the way when it is text, in one streamed pass."""
+def hash_and_decode(path: Path, encoding: str | None) -> tuple[str, int]:
+    """SHA-256 of the file and its physical lines, decoding it on the way when it is text, in one
+    streamed pass (the reader trusts its fast path only when records and lines agree)."""
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder(encoding)("strict") if encoding else None
-    offset = 0
+    offset, newlines, last = 0, 0, b""
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
             if decoder is not None:
                 try:
                     decoder.decode(chunk)
@@ -159,7 +163,7 @@ def hash_and_decode(path: Path, encoding: str | None) -> str:
         except UnicodeDecodeError as exc:
             raise Rejected(f"{path.name} cannot be decoded as {encoding}: "
                            f"truncated at the end ({exc.reason})") from None
-    return digest.hexdigest()
+    return digest.hexdigest(), newlines + (0 if last == b"\n" else 1)
 
 
 def text_encoding(source: Source, name: str) -> str | None:
@@ -175,11 +179,12 @@ def verify_transfer(ref: TransferRef, source: Source) -> VerifiedTransfer:
     manifest, manifest_sha = load_manifest(ref)
     transfer_id = check_identity(manifest, ref, source)
     files = check_listing(manifest, ref, source)
-    for f in files.values():
-        actual = hash_and_decode(f.path, text_encoding(source, f.name))
+    for name, f in files.items():
+        actual, lines = hash_and_decode(f.path, text_encoding(source, f.name))
         if actual != f.sha256:
             raise Rejected(f"{f.name}: checksum differs from the manifest (file sha256 {actual}, "
                            f"manifest {f.sha256})")
+        files[name] = replace(f, lines=lines)
     unlisted = sorted(p.name for p in ref.path.iterdir() if p.name != MANIFEST and p.name not in files)
     warnings = [f"unlisted file {name} ignored" for name in unlisted]
     return VerifiedTransfer(source, transfer_id, ref.path, source.format, files, manifest_sha, warnings)

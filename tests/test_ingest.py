@@ -209,3 +209,14 @@ def test_one_writer_per_warehouse(tmp_path: Path) -> None:
     write_transfer(tmp_path / "inbox", "S01", T1)
     with writer_lock(tmp_path / "wh"), pytest.raises(WarehouseBusy, match="another ingest is writing"):
         run_ingest(tmp_path / "inbox", tmp_path / "wh")
+
+
+def test_a_value_spanning_lines_keeps_every_later_record_on_its_exact_line(tmp_path: Path) -> None:
+    src = source("S01")
+    events = [record_text("adverse_events", src, term="nausea\nand vomiting"),
+              record_text("adverse_events", src, ae_id="AE002", severity="EXTREME")]
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(adverse_events=events))
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert query(tmp_path / "wh", "select term, source_row from core.adverse_events") == [("nausea\nand vomiting", 2)]
+    assert query(tmp_path / "wh", "select source_row, column_name, reason_code from ops.quarantine") == [
+        (4, "severity", "OUT_OF_RANGE")]
