@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from flows.discover import TransferRef
+from flows.discover import MANIFEST, TransferRef
 from flows.land import CORE_MODELS, land_randomization, land_transfer, publish_parquet, record_transfer
 from flows.process import DatasetLoad, drop_scratch, process_transfer
 from flows.registry import SUPPORTED_FORMATS, Source
@@ -100,8 +103,7 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
     receipt = TransferReceipt(ref.source, ref.folder, "SKIPPED")
     known = prior_status(con, ref.source, ref.folder)
     if known in FINAL_STATUSES:
-        receipt.reason = f"already processed ({known})"
-        return receipt
+        return redelivery(con, ref, source, run_id, receipt, known)
     if source.format not in SUPPORTED_FORMATS:
         receipt.status, receipt.reason = "WAITING", f"format {source.format} is not ingested by this version yet"
         return receipt
@@ -114,11 +116,12 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
     current = current_transfer(con, ref.source)
     try:
         if current is not None and ref.folder < current:
-            load_manifest(ref)
+            manifest, manifest_sha = load_manifest(ref)
             receipt.status = "LATE"
             receipt.reason = f"older than the current transfer {current}: recorded, not landed"
             record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="LATE",
-                            reason=receipt.reason, warnings=[], run_id=run_id)
+                            reason=receipt.reason, warnings=[], run_id=run_id, manifest_sha256=manifest_sha,
+                            files=listed_checksums(manifest))
             return receipt
         if source.format == "iwrs":
             return ingest_randomization(con, ref, source, warehouse, run_id, receipt)
@@ -134,9 +137,53 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
     except Rejected as rejection:
         receipt.status, receipt.reason = "REJECTED", str(rejection)
         record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="REJECTED",
-                        reason=receipt.reason, warnings=[], run_id=run_id)
+                        reason=receipt.reason, warnings=[], run_id=run_id, manifest_sha256=manifest_hash(ref))
     finally:
         drop_scratch(con)
+    return receipt
+
+
+def manifest_hash(ref: TransferRef) -> str | None:
+    path = ref.path / MANIFEST
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def listed_checksums(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """File name → sha256 as a manifest lists them, or None when it lists nothing readable."""
+    entries = manifest.get("files")
+    if not isinstance(entries, list):
+        return None
+    listed = {e.get("name"): e.get("sha256") for e in entries if isinstance(e, dict)}
+    return {str(k): str(v).lower() for k, v in listed.items() if k is not None and v is not None}
+
+
+def redelivery(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source, run_id: str,
+               receipt: TransferReceipt, known: str) -> TransferReceipt:
+    """A folder already processed keeps its first status (DTS §2.1). Its manifest as recorded
+    means the same delivery, still in the inbox: nothing to do. A new manifest is a re-delivery:
+    of the same files, a no-op recorded as DUPLICATE; of other files, a conflict, rejected, and
+    the first delivery stands."""
+    receipt.reason = f"already processed ({known})"
+    current = manifest_hash(ref)
+    recorded = con.execute("select manifest_sha256, files from ops.transfers where source = ? and transfer_id = ? "
+                           "order by recorded_at", [ref.source, ref.folder]).fetchall()
+    if current is None or current in {sha for sha, _ in recorded} or not any(sha for sha, _ in recorded):
+        return receipt
+    try:
+        manifest, _ = load_manifest(ref)
+        files = listed_checksums(manifest)
+    except Rejected:
+        files = None
+    first_files = next((json.loads(f) for _, f in recorded if f), None)
+    if files is not None and files == first_files:
+        receipt.status = "DUPLICATE"
+        receipt.reason = f"identical re-delivery of a transfer already {known}: nothing to do"
+    else:
+        receipt.status = "REJECTED"
+        receipt.reason = (f"conflicting re-delivery: transfer {ref.folder} was already {known} with other "
+                          "content; the first delivery stands")
+    record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status=receipt.status,
+                    reason=receipt.reason, warnings=[], run_id=run_id, manifest_sha256=current, files=files)
     return receipt
 
 

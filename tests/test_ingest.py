@@ -220,3 +220,34 @@ def test_a_value_spanning_lines_keeps_every_later_record_on_its_exact_line(tmp_p
     assert query(tmp_path / "wh", "select term, source_row from core.adverse_events") == [("nausea\nand vomiting", 2)]
     assert query(tmp_path / "wh", "select source_row, column_name, reason_code from ops.quarantine") == [
         (4, "severity", "OUT_OF_RANGE")]
+
+
+def transfer_rows(warehouse: Path) -> list[tuple[object, ...]]:
+    return query(warehouse, "select transfer_id, status from ops.transfers order by recorded_at")
+
+
+def test_an_identical_re_delivery_is_a_duplicate_recorded_once(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    ref = write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh)
+    manifest = json.loads((ref.path / "manifest.json").read_text())
+    (ref.path / "manifest.json").write_text(json.dumps(manifest))  # the same files, uploaded again
+    summary = run_ingest(inbox, wh)
+    assert [(r.status, r.reason) for r in summary.receipts] == [
+        ("DUPLICATE", "identical re-delivery of a transfer already LANDED: nothing to do")]
+    assert run_ingest(inbox, wh).receipts[0].status == "SKIPPED"
+    assert transfer_rows(wh) == [(T1, "LANDED"), (T1, "DUPLICATE")]
+
+
+def test_a_conflicting_re_delivery_is_rejected_and_the_first_delivery_stands(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh)
+    src = source("S01")
+    write_transfer(inbox, "S01", T1, s01_files(participants=[record_text("participants", src, sex="M")]))
+    summary = run_ingest(inbox, wh)
+    assert summary.receipts[0].status == "REJECTED"
+    assert "conflicting re-delivery" in summary.receipts[0].reason
+    assert transfer_rows(wh) == [(T1, "LANDED"), (T1, "REJECTED")]
+    assert query(wh, "select sex from core.participants") == [("F",)]
+    assert run_ingest(inbox, wh).receipts[0].status == "SKIPPED"
