@@ -52,8 +52,8 @@ REASON_TEXT = """case reason_code
         when 'other group' then format('subject {} is on a row of another site''s data access group', value)
         else format('subject {} is not among the participants landing from this transfer', value) end
     when 'CONFLICTING_DUPLICATE' then format('{} but differ ({} is one difference)', detail, column_name)
-    when 'INVALID_VISIT' then format('''{}'' is not a {} the dataset or instrument has', value, column_name)
-    when 'INCONSISTENT' then format('''{}'' breaks the rule {}', value, detail)
+    when 'INVALID_VISIT' then format('''{}'' is not a valid {} here: {}', value, column_name, detail)
+    when 'INCONSISTENT' then format('''{}'' breaks the rule: {}', value, detail)
     else detail
 end"""
 

@@ -58,13 +58,14 @@ def model_findings(dataset: Dataset, batch: pl.DataFrame) -> list[Finding]:
     else:
         return []
     records = batch.get_column(RECORD)
+    rules = {c.name: c.description for c in dataset.model.to_schema().checks if c.description}
     findings = []
     for context, column, check, index in cases.select(
             "schema_context", "column", "check", "index").iter_rows():
         if index is None:
             raise RuntimeError(f"{dataset.name}: table-level check {check!r} failed on {column}")
         reason, target = reason_of_failure(dataset, context, column, check)
-        findings.append(Finding(int(records[index]), reason, target, check))
+        findings.append(Finding(int(records[index]), reason, target, rules.get(check, check)))
     return findings
 
 

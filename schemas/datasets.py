@@ -94,16 +94,16 @@ class Participants(pa.DataFrameModel):
     withdrawal_date: pl.Date = pa.Field(nullable=True, description="Date of withdrawal (if WITHDRAWN).")
     withdrawal_reason: str = pa.Field(nullable=True, description="Reason for withdrawal (if WITHDRAWN).")
 
-    @pa.dataframe_check(name="INCONSISTENT:consent_date")
+    @pa.dataframe_check(name="INCONSISTENT:consent_date", description="consent_date on or before screening_date")
     def consent_on_or_before_screening(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select((pl.col("consent_date") <= pl.col("screening_date")).fill_null(True))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_date")
+    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_date", description="withdrawal_date when WITHDRAWN")
     def withdrawal_date_when_withdrawn(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("status") != "WITHDRAWN").fill_null(True) | pl.col("withdrawal_date").is_not_null())
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_reason")
+    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_reason", description="withdrawal_reason when WITHDRAWN")
     def withdrawal_reason_when_withdrawn(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("status") != "WITHDRAWN").fill_null(True) | pl.col("withdrawal_reason").is_not_null())
@@ -129,19 +129,19 @@ class Sessions(pa.DataFrameModel):
     infusion_min: int = pa.Field(nullable=True, in_range={"min_value": 1, "max_value": 240},
                                  description="Infusion minutes (IV only).")
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:route")
+    @pa.dataframe_check(name="MISSING_REQUIRED:route", description="route at an attended dosing visit")
     def route_at_dosing(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(_dosing_value_present("route"))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:dose_mg")
+    @pa.dataframe_check(name="MISSING_REQUIRED:dose_mg", description="dose_mg at an attended dosing visit")
     def dose_at_dosing(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(_dosing_value_present("dose_mg"))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:weight_kg")
+    @pa.dataframe_check(name="MISSING_REQUIRED:weight_kg", description="weight_kg at an attended dosing visit")
     def weight_at_dosing(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(_dosing_value_present("weight_kg"))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:infusion_min")
+    @pa.dataframe_check(name="MISSING_REQUIRED:infusion_min", description="infusion_min for IV dosing")
     def infusion_when_iv(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("route") != "IV").fill_null(True) | pl.col("infusion_min").is_not_null())
@@ -168,7 +168,7 @@ class Vitals(pa.DataFrameModel):
     hr: int = pa.Field(in_range={"min_value": 20, "max_value": 250}, description="Heart rate bpm (20–250).")
     spo2: int = pa.Field(in_range={"min_value": 50, "max_value": 100}, description="Oxygen saturation % (50–100).")
 
-    @pa.dataframe_check(name="INCONSISTENT:dbp")
+    @pa.dataframe_check(name="INCONSISTENT:dbp", description="dbp below sbp")
     def dbp_below_sbp(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select((pl.col("dbp") < pl.col("sbp")).fill_null(True))
 
@@ -188,22 +188,22 @@ class AssessmentItems(pa.DataFrameModel):
     item: int = pa.Field(description="Item number within the instrument.")
     score: int = pa.Field(description="Item score, within the instrument's item range.")
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:rater_id")
+    @pa.dataframe_check(name="MISSING_REQUIRED:rater_id", description="rater_id for MADRS")
     def rater_for_madrs(cls, data: pa.PolarsData) -> pl.LazyFrame:
         required = _instrument_lookup("rater_required") == 1
         return data.lazyframe.select((~required).fill_null(True) | pl.col("rater_id").is_not_null())
 
-    @pa.dataframe_check(name="OUT_OF_RANGE:score")
+    @pa.dataframe_check(name="OUT_OF_RANGE:score", description="score within the instrument's item range")
     def score_in_item_range(cls, data: pa.PolarsData) -> pl.LazyFrame:
         rule = pl.col("score").is_between(_instrument_lookup("item_min"), _instrument_lookup("item_max"))
         return _valid_instrument_rows(data.lazyframe, rule)
 
-    @pa.dataframe_check(name="INVALID_VISIT:item")
+    @pa.dataframe_check(name="INVALID_VISIT:item", description="an item number the instrument has")
     def item_of_instrument(cls, data: pa.PolarsData) -> pl.LazyFrame:
         rule = pl.col("item").is_between(1, _instrument_lookup("items"))
         return _valid_instrument_rows(data.lazyframe, rule)
 
-    @pa.dataframe_check(name="INVALID_VISIT:visit")
+    @pa.dataframe_check(name="INVALID_VISIT:visit", description="the instrument is taken at this visit")
     def instrument_taken_at_visit(cls, data: pa.PolarsData) -> pl.LazyFrame:
         allowed = pl.lit(None, dtype=pl.Boolean)
         for name, spec in instruments().items():
@@ -233,7 +233,7 @@ class AdverseEvents(pa.DataFrameModel):
     action: str = pa.Field(isin=["NONE", "DOSE_REDUCED", "DOSE_INTERRUPTED", "DRUG_WITHDRAWN"],
                            description="Action taken with study treatment.")
 
-    @pa.dataframe_check(name="INCONSISTENT:end_date")
+    @pa.dataframe_check(name="INCONSISTENT:end_date", description="end_date on or after onset_date")
     def end_on_or_after_onset(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select((pl.col("end_date") >= pl.col("onset_date")).fill_null(True))
 
@@ -250,7 +250,7 @@ class Randomization(pa.DataFrameModel):
     randomized_on: pl.Date = pa.Field(description="Date of randomization.")
     stratum: str = pa.Field(isin=["ECT", "NO_ECT"], description="Stratum: prior ECT or not.")
 
-    @pa.dataframe_check(name="INCONSISTENT:site_id")
+    @pa.dataframe_check(name="INCONSISTENT:site_id", description="site_id is the subject's site")
     def site_is_the_subjects_prefix(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("subject_id").str.split("-").list.first() == pl.col("site_id")).fill_null(True))
