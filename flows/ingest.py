@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from flows.discover import MANIFEST, TransferRef
-from flows.land import CORE_MODELS, land_randomization, land_transfer, publish_parquet, record_transfer
+from flows.land import land_randomization, land_transfer, record_transfer
 from flows.process import DatasetLoad, drop_scratch, process_transfer
 from flows.registry import SUPPORTED_FORMATS, Source
 from flows.settings import DUCKDB_CONFIG
@@ -131,7 +131,6 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
         processed = process_transfer(con, verified)
         start = time.perf_counter()
         land_transfer(con, processed, run_id)
-        publish_parquet(con, warehouse, ref.source, CORE_MODELS)
         receipt.status, receipt.warnings, receipt.loads = "LANDED", processed.warnings, processed.loads
         receipt.seconds = {"verify": verify_seconds, **processed.seconds, "land": time.perf_counter() - start}
     except Rejected as rejection:

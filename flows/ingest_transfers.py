@@ -28,9 +28,10 @@ from flows.ingest import (
     utc_now,
     writer_lock,
 )
+from flows.land import sync_parquet
 from flows.registry import Source, load_registry
 from flows.settings import DEFAULT_WAREHOUSE
-from flows.warehouse import connect, init_warehouse
+from flows.warehouse import init_warehouse, open_next, publish_next
 
 
 @task(name="ingest-transfer", cache_policy=NO_CACHE, task_run_name="ingest-{ref.source}-{ref.folder}")
@@ -57,7 +58,7 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
     discovery = discover_transfers(inbox, registry, only)
     summary = RunSummary(run_id or new_run_id(), str(inbox), str(warehouse), utc_now(), warnings=discovery.warnings)
     with writer_lock(warehouse):
-        con = connect(warehouse)
+        con = open_next(warehouse)
         try:
             init_warehouse(con)
             start_run(con, summary)
@@ -67,15 +68,19 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
                 derive_seconds = rebuild_marts(con)
                 if warning := refresh_unblinded_marts(con, warehouse):
                     summary.warnings.append(warning)
-            except BaseException as exc:
+            except Exception as exc:
+                # what landed before the failure is whole: publish it, with the failed run on record
                 summary.finished_at = utc_now()
                 finish_run(con, summary, "FAILED", f"{type(exc).__name__}: {exc}")
+                publish_next(con, warehouse)
+                sync_parquet(warehouse)
                 raise
             summary.finished_at = utc_now()
             finish_run(con, summary, "COMPLETED", derive_seconds=derive_seconds)
-            con.execute("checkpoint")
+            publish_next(con, warehouse)
         finally:
             con.close()
+        sync_parquet(warehouse)
     return summary
 
 

@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from flows.conform import quote_literal
 from flows.process import ProcessedTransfer
+from flows.settings import DUCKDB_CONFIG
 from flows.unblinded import read_store, write_store
-from flows.warehouse import read_model, set_variables
+from flows.warehouse import DATABASE, read_model, set_variables
 
 # Order matters: later models read the site's rows of earlier ones.
 CORE_MODELS = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
@@ -195,21 +196,39 @@ def land_transfer(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, 
         raise
 
 
-def publish_parquet(con: duckdb.DuckDBPyConnection, warehouse: Path, site_id: str, tables: tuple[str, ...]) -> None:
-    """The site's partition of every core table, written beside and then switched in."""
-    for table in tables:
-        target = warehouse / "parquet" / "core" / table / f"site_id={site_id}"
-        staging = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        con.execute(f"copy (select * exclude (site_id) from core.{table} where site_id = {quote_literal(site_id)}) "
-                    f"to {quote_literal(str(staging / 'data.parquet'))} (format parquet, compression zstd)")
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
+def sync_parquet(warehouse: Path, tables: tuple[str, ...] = CORE_MODELS) -> None:
+    """Bring `parquet/core/<table>/site_id=<site>/` to the published warehouse's state.
+
+    Each partition holds one file named for the transfer it was written from; a partition
+    whose file is not the site's current transfer is written beside and switched in. A run
+    killed between publishing the database and this finds it done by the next run.
+    """
+    con = duckdb.connect(str(warehouse / DATABASE), read_only=True, config=dict(DUCKDB_CONFIG))
+    try:
+        current = con.execute("""
+            select source, max(transfer_id) from ops.transfers
+            where status = 'LANDED' and source in (select distinct site_id from core.participants)
+            group by source""").fetchall()
+        for site_id, transfer_id in current:
+            for table in tables:
+                target = warehouse / "parquet" / "core" / table / f"site_id={site_id}"
+                name = f"part-{transfer_id}.parquet"
+                if (target / name).exists():
+                    continue
+                staging = target.with_name(f".{target.name}.tmp")
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                con.execute(f"copy (select * exclude (site_id) from core.{table} "
+                            f"where site_id = {quote_literal(site_id)}) "
+                            f"to {quote_literal(str(staging / name))} (format parquet, compression zstd)")
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                if target.exists():
+                    os.replace(target, old)
+                os.replace(staging, target)
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        con.close()
 
 
 RANDOMIZATION_COLUMNS = ["site_id", "arm", "randomized_on", "stratum"]

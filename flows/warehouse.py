@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,40 @@ def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnecti
         raise FileNotFoundError(f"no warehouse at {path}: run `kaptrial ingest` first")
     warehouse.mkdir(parents=True, exist_ok=True)
     return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
+
+
+NEXT = DATABASE + ".next"
+
+
+def open_next(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    """The run's private copy of the published warehouse, the only file it writes.
+
+    Readers keep opening `kap.duckdb` read-only while a run works: DuckDB refuses a read-only
+    open of a file another process writes, and nobody writes the published file. A copy left
+    by a run that was killed is discarded: that run published nothing.
+    """
+    warehouse.mkdir(parents=True, exist_ok=True)
+    published, draft = warehouse / DATABASE, warehouse / NEXT
+    for leftover in (draft, draft.with_name(NEXT + ".wal")):
+        leftover.unlink(missing_ok=True)
+    if published.exists():
+        shutil.copyfile(published, draft)
+    return duckdb.connect(str(draft), config=dict(DUCKDB_CONFIG))
+
+
+def publish_next(con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
+    """Switch the run's copy in: readers see the old warehouse or the new one, never a mix."""
+    con.execute("checkpoint")
+    con.close()
+    draft = warehouse / NEXT
+    with open(draft, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(draft, warehouse / DATABASE)
+    directory = os.open(warehouse, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def connect_unblinded(warehouse: Path) -> duckdb.DuckDBPyConnection:

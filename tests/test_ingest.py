@@ -251,3 +251,21 @@ def test_a_conflicting_re_delivery_is_rejected_and_the_first_delivery_stands(tmp
     assert transfer_rows(wh) == [(T1, "LANDED"), (T1, "REJECTED")]
     assert query(wh, "select sex from core.participants") == [("F",)]
     assert run_ingest(inbox, wh).receipts[0].status == "SKIPPED"
+
+
+def test_a_second_snapshot_logs_exactly_its_updates_deletes_and_inserts(tmp_path: Path) -> None:
+    src = source("S01")
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    first = [record_text("vitals", src), record_text("vitals", src, timepoint="T40", sbp="130")]
+    write_transfer(inbox, "S01", T1, s01_files(vitals=first))
+    run_ingest(inbox, wh)
+    assert query(wh, "select count(*) from ops.changes") == [(0,)]  # nothing is logged for a first snapshot
+    second = [record_text("vitals", src, sbp="125"), record_text("vitals", src, timepoint="T120")]
+    write_transfer(inbox, "S01", T2, s01_files(vitals=second))
+    run_ingest(inbox, wh)
+    assert query(wh, "select dataset, record_key, column_name, old_value, new_value, change_type, old_transfer_id, "
+                     "new_transfer_id from ops.changes order by change_type, record_key") == [
+        ("vitals", "S01-0001|D1|T40", None, None, None, "DELETE", T1, T2),
+        ("vitals", "S01-0001|D1|T120", None, None, None, "INSERT", None, T2),
+        ("vitals", "S01-0001|D1|PRE", "sbp", "120", "125", "UPDATE", T1, T2),
+    ]
