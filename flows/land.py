@@ -21,27 +21,15 @@ from flows.conform import quote_literal
 from flows.process import ProcessedTransfer
 from flows.settings import DUCKDB_CONFIG
 from flows.unblinded import read_store, write_store
-from flows.warehouse import DATABASE, read_model, set_variables
+from flows.warehouse import CORE_TABLES, DATABASE, read_model, set_variables
+from schemas.datasets import DATASETS, RANDOMIZATION, Dataset
 
-# Order matters: later models read the site's rows of earlier ones.
-CORE_MODELS = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
-# The delivered columns compared between snapshots, by dataset (DTS §2.1): no lineage, no derivations.
-DELIVERED_COLUMNS = {
-    "participants": ["screening_date", "consent_date", "birth_year", "sex", "weight_kg", "prior_ect", "status",
-                     "withdrawal_date", "withdrawal_reason"],
-    "sessions": ["session_date", "start_time", "duration_min", "therapist_id", "attended", "route", "dose_mg",
-                 "weight_kg", "infusion_min"],
-    "vitals": ["measured_time", "sbp", "dbp", "hr", "spo2"],
-    "assessment_items": ["assessment_date", "rater_id", "score"],
-    "adverse_events": ["term", "onset_date", "end_date", "severity", "serious", "related", "outcome", "action"],
-}
-KEYS = {
-    "participants": ["subject_id"],
-    "sessions": ["subject_id", "visit"],
-    "vitals": ["subject_id", "visit", "timepoint"],
-    "assessment_items": ["subject_id", "visit", "instrument", "item"],
-    "adverse_events": ["subject_id", "ae_id"],
-}
+
+def delivered_columns(dataset: Dataset) -> list[str]:
+    """The delivered columns compared between snapshots (DTS §2.1): all but the key; lineage and
+    derivations are not delivered."""
+    return [c.name for c in dataset.columns if c.name not in dataset.key]
+
 
 REASON_TEXT = """case reason_code
     when 'UNPARSEABLE' then case when column_name is null then detail
@@ -60,17 +48,17 @@ end"""
 
 
 def replace_core(con: duckdb.DuckDBPyConnection, site_id: str) -> None:
-    for table in CORE_MODELS:
+    for table in CORE_TABLES:
         con.execute(f"delete from core.{table} where site_id = ?", [site_id])
         con.execute(f"insert into core.{table} by name select * from ({read_model(f'core/{table}.sql')})")
 
 
 def snapshot_previous(con: duckdb.DuckDBPyConnection, site_id: str) -> None:
     """The site's current landed records, kept aside to diff against the new snapshot."""
-    for dataset, columns in DELIVERED_COLUMNS.items():
-        keep = ", ".join(KEYS[dataset] + columns + ["transfer_id"])
-        con.execute(f"create or replace temp table previous_{dataset} as "
-                    f"select {keep} from core.{dataset} where site_id = ?", [site_id])
+    for dataset in DATASETS.values():
+        keep = ", ".join([*dataset.key, *delivered_columns(dataset), "transfer_id"])
+        con.execute(f"create or replace temp table previous_{dataset.name} as "
+                    f"select {keep} from core.{dataset.name} where site_id = ?", [site_id])
 
 
 def changes_select(previous: str, new: str, key: list[str], columns: list[str]) -> str:
@@ -101,13 +89,13 @@ def record_changes(con: duckdb.DuckDBPyConnection, source: str, transfer_id: str
     if not con.execute("select count(*) from ops.transfers where source = ? and status = 'LANDED'",
                        [source]).fetchone()[0]:
         return
-    for dataset, columns in DELIVERED_COLUMNS.items():
-        new = f"(select * from core.{dataset} where site_id = {quote_literal(source)})"
+    for dataset in DATASETS.values():
+        new = f"(select * from core.{dataset.name} where site_id = {quote_literal(source)})"
         con.execute(f"""
             insert into ops.changes
             select ?, ?, record_key, column_name, old_value, new_value, change_type, old_transfer_id, ?
-            from ({changes_select(f'previous_{dataset}', new, KEYS[dataset], columns)})""",
-                    [source, dataset, transfer_id])
+            from ({changes_select(f'previous_{dataset.name}', new, list(dataset.key), delivered_columns(dataset))})""",
+                    [source, dataset.name, transfer_id])
 
 
 def quarantine_records_select(processed: ProcessedTransfer, dataset: str, source_file: str, run_id: str) -> str:
@@ -196,7 +184,7 @@ def land_transfer(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, 
         raise
 
 
-def sync_parquet(warehouse: Path, tables: tuple[str, ...] = CORE_MODELS) -> None:
+def sync_parquet(warehouse: Path, tables: tuple[str, ...] = CORE_TABLES) -> None:
     """Bring `parquet/core/<table>/site_id=<site>/` to the published warehouse's state.
 
     Each partition holds one file named for the transfer it was written from; a partition
@@ -231,9 +219,6 @@ def sync_parquet(warehouse: Path, tables: tuple[str, ...] = CORE_MODELS) -> None
         con.close()
 
 
-RANDOMIZATION_COLUMNS = ["site_id", "arm", "randomized_on", "stratum"]
-
-
 def land_randomization(con: duckdb.DuckDBPyConnection, scratch: duckdb.DuckDBPyConnection,
                        processed: ProcessedTransfer, warehouse: Path, passphrase: str, run_id: str) -> None:
     """The IWRS list becomes the randomization of the unblinded store; the blinded warehouse gets
@@ -257,8 +242,8 @@ def land_randomization(con: duckdb.DuckDBPyConnection, scratch: duckdb.DuckDBPyC
         scratch.register("previous_randomization", tables["randomization"])
         changes = scratch.sql(f"""
             select $source as source, 'randomization' as dataset, *, $transfer as new_transfer_id
-            from ({changes_select('previous_randomization', 'new_randomization', ['subject_id'],
-                                  RANDOMIZATION_COLUMNS)})""",
+            from ({changes_select('previous_randomization', 'new_randomization', list(RANDOMIZATION.key),
+                                  delivered_columns(RANDOMIZATION))})""",
                               params={"source": transfer.source.source_id, "transfer": transfer.transfer_id}
                               ).to_arrow_table()
         scratch.unregister("previous_randomization")

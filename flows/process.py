@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from flows.conform import collapse_select, conform_select, quote_ident
 from flows.read import RECORD, ROW, RawDataset, read_csv_datasets
-from flows.read_redcap import read_redcap
+from flows.read_redcap import SITE_GROUP, read_redcap
 from flows.read_xlsx import read_dts_xlsx
 from flows.validate import (
     conflicting_duplicates_sql,
@@ -84,7 +84,7 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
     # who may appear in a site's data: its own participants landing from the same transfer
     unknown = unknown_subject_sql(f"conf_{ds}", transfer.source.source_id, known_subjects,
-                                  site_group="_site_group" in rf.passthrough)
+                                  site_group=SITE_GROUP in rf.passthrough)
     subjects = f"union all select * from ({unknown})" if dataset.site_scoped else ""
     con.execute(f"""
         create or replace temp table findings_{ds} as

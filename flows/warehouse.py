@@ -21,6 +21,7 @@ from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
 from schemas.datasets import DATASETS, Dataset, instruments, visits
 
 DATABASE = "kap.duckdb"
+# Order matters: a later model reads the site's rows of earlier ones.
 CORE_TABLES = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
 MARTS = ("enrollment", "data_quality", "madrs_outcomes")
 
@@ -233,8 +234,7 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], row
         con.executemany(f"insert into {table} values ({', '.join('?' * len(columns))})", rows)
 
 
-def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset] = DATASETS.values(),
-                        suffix: str = "") -> None:
+def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset] = DATASETS.values()) -> None:
     """Empty `valid_<dataset>` tables: the shape validation hands to the staging models."""
     lineage = {"form_status": "varchar", "delivered_total": "varchar", "site_id": "varchar",
                "transfer_id": "varchar", "source_file": "varchar", "source_row": "bigint"}
@@ -242,7 +242,7 @@ def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Datas
         columns = {c.name: SQL_TYPES[c.kind] for c in dataset.columns}
         columns |= {name: kind for name, kind in lineage.items() if name not in columns}
         typed = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in columns.items())
-        con.execute(f"create or replace temp table valid_{dataset.name}{suffix} ({typed})")
+        con.execute(f"create or replace temp table valid_{dataset.name} ({typed})")
 
 
 def create_staging_views(con: duckdb.DuckDBPyConnection) -> None:
