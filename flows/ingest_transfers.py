@@ -28,10 +28,10 @@ from flows.ingest import (
     utc_now,
     writer_lock,
 )
-from flows.land import sync_parquet
+from flows.land import mirror_parquet
 from flows.registry import Source, load_registry
 from flows.settings import DEFAULT_WAREHOUSE
-from flows.warehouse import init_warehouse, open_next, publish_next
+from flows.warehouse import PARQUET, init_warehouse, open_next, publish_next, seal_next
 
 
 @task(name="ingest-transfer", cache_policy=NO_CACHE, task_run_name="ingest-{ref.source}-{ref.folder}")
@@ -72,16 +72,21 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
                 # what landed before the failure is whole: publish it, with the failed run on record
                 summary.finished_at = utc_now()
                 finish_run(con, summary, "FAILED", f"{type(exc).__name__}: {exc}")
-                publish_next(con, warehouse)
-                sync_parquet(warehouse)
+                publish(con, warehouse)
                 raise
             summary.finished_at = utc_now()
             finish_run(con, summary, "COMPLETED", derive_seconds=derive_seconds)
-            publish_next(con, warehouse)
+            publish(con, warehouse)
         finally:
             con.close()
-        sync_parquet(warehouse)
     return summary
+
+
+def publish(con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
+    """Seal the run's database, write its Parquet tree beside it, switch both in at once."""
+    database = seal_next(con, warehouse)
+    mirror_parquet(database, warehouse / PARQUET)
+    publish_next(warehouse)
 
 
 @flow(name="ingest-transfers", log_prints=False)

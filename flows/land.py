@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from flows.conform import quote_literal
 from flows.process import ProcessedTransfer
 from flows.settings import DUCKDB_CONFIG
 from flows.unblinded import read_store, write_store
-from flows.warehouse import CORE_TABLES, DATABASE, read_model, set_variables
+from flows.warehouse import CORE_TABLES, read_model, set_variables
 from schemas.datasets import DATASETS, RANDOMIZATION, Dataset
 
 
@@ -184,37 +183,33 @@ def land_transfer(con: duckdb.DuckDBPyConnection, processed: ProcessedTransfer, 
         raise
 
 
-def sync_parquet(warehouse: Path, tables: tuple[str, ...] = CORE_TABLES) -> None:
-    """Bring `parquet/core/<table>/site_id=<site>/` to the published warehouse's state.
+def mirror_parquet(database: Path, previous: Path, tables: tuple[str, ...] = CORE_TABLES) -> None:
+    """Write the Parquet tree of a sealed draft database beside it: `parquet/core/<table>/site_id=<site>/`.
 
-    Each partition holds one file named for the transfer it was written from; a partition
-    whose file is not the site's current transfer is written beside and switched in. A run
-    killed between publishing the database and this finds it done by the next run.
+    Each partition holds one file named for the transfer it was written from. A partition the
+    published tree `previous` already holds for the same transfer is hard-linked, not written:
+    a run costs Parquet writes for the sites that changed only, and an unchanged file keeps its
+    identity (inode, mtime) across runs.
     """
-    con = duckdb.connect(str(warehouse / DATABASE), read_only=True, config=dict(DUCKDB_CONFIG))
+    root = database.parent / "parquet"
+    con = duckdb.connect(str(database), read_only=True, config=dict(DUCKDB_CONFIG))
     try:
         current = con.execute("""
             select source, max(transfer_id) from ops.transfers
             where status = 'LANDED' and source in (select distinct site_id from core.participants)
-            group by source""").fetchall()
+            group by source order by source""").fetchall()
+        for table in tables:
+            (root / "core" / table).mkdir(parents=True, exist_ok=True)
         for site_id, transfer_id in current:
             for table in tables:
-                target = warehouse / "parquet" / "core" / table / f"site_id={site_id}"
-                name = f"part-{transfer_id}.parquet"
-                if (target / name).exists():
+                partition = Path("core") / table / f"site_id={site_id}" / f"part-{transfer_id}.parquet"
+                (root / partition).parent.mkdir(parents=True, exist_ok=True)
+                if (previous / partition).is_file():
+                    os.link(previous / partition, root / partition)
                     continue
-                staging = target.with_name(f".{target.name}.tmp")
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
                 con.execute(f"copy (select * exclude (site_id) from core.{table} "
                             f"where site_id = {quote_literal(site_id)}) "
-                            f"to {quote_literal(str(staging / name))} (format parquet, compression zstd)")
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                if target.exists():
-                    os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
+                            f"to {quote_literal(str(root / partition))} (format parquet, compression zstd)")
     finally:
         con.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -121,38 +122,114 @@ def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnecti
     return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
 
 
-NEXT = DATABASE + ".next"
+PARQUET = "parquet"
+GENERATIONS = ".generations"
+PUBLISHED = ".published"
+DRAFT = ".next"
+# files of the layout before generations: removed when found
+LEGACY_DRAFTS = ("kap.duckdb.next", "kap.duckdb.next.wal")
+
+
+def next_dir(warehouse: Path) -> Path:
+    """The run's private generation: its copy of the database and, once sealed, its Parquet tree."""
+    return warehouse / GENERATIONS / DRAFT
 
 
 def open_next(warehouse: Path) -> duckdb.DuckDBPyConnection:
-    """The run's private copy of the published warehouse, the only file it writes.
+    """The run's private copy of the published warehouse, the only database it writes.
 
     Readers keep opening `kap.duckdb` read-only while a run works: DuckDB refuses a read-only
-    open of a file another process writes, and nobody writes the published file. A copy left
-    by a run that was killed is discarded: that run published nothing.
+    open of a file another process writes, and nobody writes a published file. A draft left by
+    a run that was killed is discarded: that run published nothing.
     """
     warehouse.mkdir(parents=True, exist_ok=True)
-    published, draft = warehouse / DATABASE, warehouse / NEXT
-    for leftover in (draft, draft.with_name(NEXT + ".wal")):
-        leftover.unlink(missing_ok=True)
+    for leftover in LEGACY_DRAFTS:
+        (warehouse / leftover).unlink(missing_ok=True)
+    draft = next_dir(warehouse)
+    shutil.rmtree(draft, ignore_errors=True)
+    draft.mkdir(parents=True)
+    published = warehouse / DATABASE
     if published.exists():
-        shutil.copyfile(published, draft)
-    return duckdb.connect(str(draft), config=dict(DUCKDB_CONFIG))
+        shutil.copyfile(published, draft / DATABASE)
+    return duckdb.connect(str(draft / DATABASE), config=dict(DUCKDB_CONFIG))
 
 
-def publish_next(con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
-    """Switch the run's copy in: readers see the old warehouse or the new one, never a mix."""
+def seal_next(con: duckdb.DuckDBPyConnection, warehouse: Path) -> Path:
+    """Checkpoint and close the run's database, on disk for good; the draft's database path."""
     con.execute("checkpoint")
     con.close()
-    draft = warehouse / NEXT
-    with open(draft, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(draft, warehouse / DATABASE)
-    directory = os.open(warehouse, os.O_RDONLY)
+    database = next_dir(warehouse) / DATABASE
+    fsync(database)
+    return database
+
+
+def publish_next(warehouse: Path) -> Path:
+    """Switch the sealed draft in, database and Parquet tree together, with one atomic rename.
+
+    `kap.duckdb` and `parquet` are fixed links through `.published`, which points to the
+    current generation; renaming a new `.published` over the old is the single instant at
+    which readers go from the old warehouse to the new one. The generation before stays one
+    run longer, for readers that were listing its Parquet files at that instant.
+    """
+    generations = warehouse / GENERATIONS
+    draft = next_dir(warehouse)
+    fsync_tree(draft)
+    name = f"g{time.time_ns():020d}"
+    os.replace(draft, generations / name)
+    fsync(generations)
+    link = warehouse / PUBLISHED
+    previous = os.readlink(link) if link.is_symlink() else None
+    switch_link(link, f"{GENERATIONS}/{name}")
+    for entry in (DATABASE, PARQUET):
+        fix_entry_link(warehouse, entry)
+    keep = {name, Path(previous).name if previous else ""}
+    for generation in generations.iterdir():
+        if generation.name not in keep and generation.name != DRAFT:
+            shutil.rmtree(generation, ignore_errors=True)
+    return generations / name
+
+
+def switch_link(link: Path, target: str) -> None:
+    """Point `link` at `target` atomically: a new link beside, renamed over the old one."""
+    beside = link.with_name(link.name + ".switch")
+    beside.unlink(missing_ok=True)
+    os.symlink(target, beside)
+    os.replace(beside, link)
+    fsync(link.parent)
+
+
+def fix_entry_link(warehouse: Path, entry: str) -> None:
+    """`kap.duckdb` and `parquet` become links through `.published` once, on a warehouse's first
+    publication; a warehouse of the layout before generations has them as a file and a directory."""
+    path, target = warehouse / entry, f"{PUBLISHED}/{entry}"
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        # a directory cannot be renamed over: move it aside first (a kill here leaves no
+        # `parquet` until the next publication makes the link)
+        aside = warehouse / f".{entry}.legacy"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        switch_link(path, target)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    switch_link(path, target)
+
+
+def fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(descriptor)
     finally:
-        os.close(directory)
+        os.close(descriptor)
+
+
+def fsync_tree(root: Path) -> None:
+    """Everything under `root` on disk before it is published (power loss, not only SIGKILL)."""
+    for directory, _, files in os.walk(root):
+        for file in files:
+            fsync(Path(directory) / file)
+        fsync(Path(directory))
 
 
 def connect_unblinded(warehouse: Path) -> duckdb.DuckDBPyConnection:

@@ -92,7 +92,7 @@ def consistent(warehouse: Path) -> None:
 
 def test_readers_are_never_blocked_while_an_ingest_runs(deliveries: dict[str, Path], tmp_path: Path) -> None:
     warehouse = tmp_path / "wh"
-    shutil.copytree(deliveries["base"], warehouse)
+    shutil.copytree(deliveries["base"], warehouse, symlinks=True)
     before = state(warehouse)["participants"]
     seen, failures, queries = set(), [], 0
     process = ingest_process(deliveries["second"], warehouse)
@@ -117,7 +117,7 @@ def test_readers_are_never_blocked_while_an_ingest_runs(deliveries: dict[str, Pa
 def test_a_killed_ingest_leaves_old_or_new_and_the_next_run_converges(deliveries: dict[str, Path], tmp_path: Path,
                                                                        seconds: float) -> None:
     warehouse = tmp_path / "wh"
-    shutil.copytree(deliveries["base"], warehouse)
+    shutil.copytree(deliveries["base"], warehouse, symlinks=True)
     process = ingest_process(deliveries["second"], warehouse)
     time.sleep(seconds)
     os.kill(process.pid, signal.SIGKILL)
@@ -126,3 +126,63 @@ def test_a_killed_ingest_leaves_old_or_new_and_the_next_run_converges(deliveries
     run_ingest(deliveries["second"], warehouse)
     consistent(warehouse)
     assert state(warehouse) == state(deliveries["reference"])
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at an exact instant: nothing after it runs, no handler catches it."""
+
+
+@pytest.mark.parametrize("instant", ["mirror_parquet", "publish_next"])
+def test_killed_between_sealing_and_switching_publishes_nothing(deliveries: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                instant: str) -> None:
+    """The instants a timed kill rarely hits: the draft's Parquet written or half-written, not yet switched."""
+    import flows.ingest_transfers as module
+
+    warehouse = tmp_path / "wh"
+    shutil.copytree(deliveries["base"], warehouse, symlinks=True)
+    original = getattr(module, instant)
+
+    def killed(*args: object) -> None:
+        if instant == "mirror_parquet":
+            original(*args)  # the whole tree written beside, then killed before the switch
+        raise Killed
+
+    monkeypatch.setattr(module, instant, killed)
+    with pytest.raises(Killed):
+        run_ingest(deliveries["second"], warehouse)
+    monkeypatch.undo()
+    assert state(warehouse) == state(deliveries["base"])
+    consistent(warehouse)
+    run_ingest(deliveries["second"], warehouse)
+    assert state(warehouse) == state(deliveries["reference"])
+
+
+def test_a_warehouse_of_the_layout_before_generations_is_taken_over(deliveries: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """`kap.duckdb` a plain file and `parquet/` a plain directory: the next run publishes through links."""
+    warehouse = tmp_path / "wh"
+    warehouse.mkdir()
+    shutil.copyfile(deliveries["base"] / "kap.duckdb", warehouse / "kap.duckdb")
+    shutil.copytree(deliveries["base"] / "parquet", warehouse / "parquet")
+    run_ingest(deliveries["second"], warehouse)
+    assert (warehouse / "kap.duckdb").is_symlink() and (warehouse / "parquet").is_symlink()
+    assert state(warehouse) == state(deliveries["reference"])
+    assert sorted(p.name for p in warehouse.iterdir()) == [".generations", ".ingest.lock", ".published",
+                                                           "kap.duckdb", "parquet"]
+
+
+def test_a_run_keeps_the_generation_it_replaced_and_no_older(deliveries: dict[str, Path], tmp_path: Path) -> None:
+    """A reader that listed Parquet files just before a switch can still read them; disk stays bounded."""
+    warehouse = tmp_path / "wh"
+    shutil.copytree(deliveries["base"], warehouse, symlinks=True)
+    before = (warehouse / ".published").resolve()
+    run_ingest(deliveries["second"], warehouse)
+    after = (warehouse / ".published").resolve()
+    run_ingest(deliveries["second"], warehouse)
+    assert before.exists() is False and after.exists()
+    assert sorted(p.name for p in (warehouse / ".generations").iterdir()) == sorted(
+        [after.name, (warehouse / ".published").resolve().name])
+    # an unchanged partition is the same file in both generations (hard link), not a copy
+    part = next((after / "parquet").rglob("*.parquet"))
+    assert part.stat().st_nlink == 2
