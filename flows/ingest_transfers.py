@@ -14,8 +14,10 @@ import duckdb
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.states import State
 
 import flows  # noqa: F401 — offline settings before Prefect is imported
+from flows.artifacts import collect, create_artifacts
 from flows.derive import rebuild_marts, refresh_unblinded_marts
 from flows.discover import TransferRef, discover_transfers
 from flows.ingest import (
@@ -28,13 +30,30 @@ from flows.ingest import (
     utc_now,
     writer_lock,
 )
-from flows.land import mirror_parquet
+from flows.publish import publish
 from flows.registry import Source, load_registry
 from flows.settings import DEFAULT_WAREHOUSE
-from flows.warehouse import PARQUET, init_warehouse, open_next, publish_next, seal_next
+from flows.verify import Rejected
+from flows.warehouse import init_warehouse, open_next
 
 
-@task(name="ingest-transfer", cache_policy=NO_CACHE, task_run_name="ingest-{ref.source}-{ref.folder}")
+def transient_io_error(task: object, task_run: object, state: State) -> bool:
+    """Retry a transfer on an I/O error only (a share that hiccuped, a file briefly locked): a
+    transfer that fails lands nothing (one transaction), so trying it again is safe. A rejected
+    transfer or a bug is not retried: the same input gives the same answer."""
+    try:
+        state.result()
+    except Rejected:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="ingest-transfer", cache_policy=NO_CACHE, task_run_name="ingest-{ref.source}-{ref.folder}",
+      retries=2, retry_delay_seconds=10, retry_condition_fn=transient_io_error)
 def ingest_transfer(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source, warehouse: Path,
                     run_id: str) -> TransferReceipt:
     """Verify, read, validate and land one transfer (or record why not)."""
@@ -82,19 +101,13 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
     return summary
 
 
-def publish(con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
-    """Seal the run's database, write its Parquet tree beside it, switch both in at once."""
-    database = seal_next(con, warehouse)
-    mirror_parquet(database, warehouse / PARQUET)
-    publish_next(warehouse)
-
-
 @flow(name="ingest-transfers", log_prints=False)
 def ingest_transfers(inbox: str, warehouse: str = str(DEFAULT_WAREHOUSE),
                      sources: list[str] | None = None) -> RunSummary:
     """Ingest every new transfer of the inbox into the warehouse."""
     logger = get_run_logger()
     summary = run_ingest(Path(inbox), Path(warehouse), sources, run_id=flow_run_id(), step=ingest_transfer)
+    create_artifacts(collect(summary, Path(warehouse)))
     # Counts only: row values never go to Prefect's logs or database.
     logger.info("run %s: %d landed, %d rejected, %d pending of %d transfer folders", summary.run_id,
                 summary.count("LANDED"), summary.count("REJECTED"), summary.count("PENDING"), len(summary.receipts))

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import yaml
 
+from flows.catalogue import comment_tables, load_checks
 from flows.conform import SQL_TYPES, quote_ident, quote_literal
 from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
 from schemas.datasets import DATASETS, Dataset, instruments, visits
@@ -24,7 +25,8 @@ from schemas.datasets import DATASETS, Dataset, instruments, visits
 DATABASE = "kap.duckdb"
 # Order matters: a later model reads the site's rows of earlier ones.
 CORE_TABLES = ("participants", "sessions", "vitals", "assessment_items", "assessments", "adverse_events")
-MARTS = ("enrollment", "data_quality", "madrs_outcomes")
+# Order matters: data_quality sums data_quality_checks.
+MARTS = ("enrollment", "data_quality_checks", "data_quality", "madrs_outcomes", "visit_compliance", "safety_listing")
 
 OPS_DDL = """
 create schema if not exists core;
@@ -123,6 +125,8 @@ def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnecti
 
 
 PARQUET = "parquet"
+# generated documentation of the published warehouse: dictionary, Great Expectations Data Docs
+DOCS = "docs"
 GENERATIONS = ".generations"
 PUBLISHED = ".published"
 DRAFT = ".next"
@@ -268,8 +272,9 @@ def set_variables(con: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> Non
 
 
 def load_reference(con: duckdb.DuckDBPyConnection) -> None:
-    """Study metadata as `ref` tables and session variables, refreshed every run."""
+    """Study metadata and the check catalogue as `ref` tables and session variables, refreshed every run."""
     study = study_parameters()
+    load_checks(con)
     _replace(con, "ref.visits", ["visit", "kind", "anchor", "target", "window_min", "window_max"],
              [(v, s["kind"], s["anchor"], s["target"], s["window_min"], s["window_max"])
               for v, s in visits().items()],
@@ -299,6 +304,7 @@ def load_reference(con: duckdb.DuckDBPyConnection) -> None:
         **{k: v for k, v in study["safety_vitals"].items()},
         "response_pct_reduction": study["endpoints"]["response_pct_reduction"],
         "remission_max_total": study["endpoints"]["remission_max_total"],
+        "sustained_response_visits": study["endpoints"]["sustained_response_visits"],
     })
 
 
@@ -343,3 +349,5 @@ def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
 def build_marts(con: duckdb.DuckDBPyConnection) -> None:
     for mart in MARTS:
         con.execute(f"create or replace table marts.{mart} as {read_model(f'marts/{mart}.sql')}")
+    # marts and ref are recreated every run: their comments with them
+    comment_tables(con)

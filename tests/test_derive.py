@@ -261,3 +261,21 @@ def test_response_and_remission_at_their_thresholds(con: duckdb.DuckDBPyConnecti
 def test_incomplete_assessments_do_not_count_for_endpoints(con: duckdb.DuckDBPyConnection) -> None:
     land(con, assessment_items=BASELINE + items("MADRS", "W4", 28, [1] * 9))
     assert outcome(con, "W4") is None
+
+
+@pytest.mark.parametrize(("w4_scores", "w12_scores", "sustained"), [
+    ([1] * 10, [1] * 5 + [2] * 5, True),      # W4 66 % less, W12 exactly 50 % less: both responses
+    ([1] * 10, [2] * 6 + [1] * 4, False),     # W12 only 46.67 % less
+    ([2] * 6 + [1] * 4, None, False),         # W4 not a response: W12 cannot make it sustained
+    ([1] * 10, None, None),                   # W12 not done yet: unknown
+    ([1] * 10, [1] * 9, None),                # W12 incomplete: does not count, unknown
+])
+def test_sustained_response_needs_a_response_at_w4_and_w12(con: duckdb.DuckDBPyConnection, w4_scores: list[int],
+                                                           w12_scores: list[int] | None,
+                                                           sustained: bool | None) -> None:
+    scores = BASELINE + items("MADRS", "W4", 28, w4_scores)
+    if w12_scores:
+        scores += items("MADRS", "W12", 84, w12_scores)
+    land(con, assessment_items=scores)
+    outcome(con, "W4")
+    assert con.execute("select distinct sustained_response from marts.madrs_outcomes").fetchall() == [(sustained,)]

@@ -137,7 +137,7 @@ def test_killed_between_sealing_and_switching_publishes_nothing(deliveries: dict
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 instant: str) -> None:
     """The instants a timed kill rarely hits: the draft's Parquet written or half-written, not yet switched."""
-    import flows.ingest_transfers as module
+    import flows.publish as module
 
     warehouse = tmp_path / "wh"
     shutil.copytree(deliveries["base"], warehouse, symlinks=True)
@@ -168,7 +168,7 @@ def test_a_warehouse_of_the_layout_before_generations_is_taken_over(deliveries: 
     run_ingest(deliveries["second"], warehouse)
     assert (warehouse / "kap.duckdb").is_symlink() and (warehouse / "parquet").is_symlink()
     assert state(warehouse) == state(deliveries["reference"])
-    assert sorted(p.name for p in warehouse.iterdir()) == [".generations", ".ingest.lock", ".published",
+    assert sorted(p.name for p in warehouse.iterdir()) == [".generations", ".ingest.lock", ".published", "docs",
                                                            "kap.duckdb", "parquet"]
 
 

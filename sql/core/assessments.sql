@@ -28,8 +28,11 @@ per_assessment as (
         coalesce(max(items.item) filter (
             where list_contains(getvariable('cssrs_ideation_items'), items.item) and items.score = 1
         ), 0) as highest_ideation_item,
-        -- a form marked incomplete anywhere marks the assessment
-        min(items.form_status) as form_status,
+        -- a form marked incomplete anywhere marks the assessment (min() would pick COMPLETE)
+        case
+            when bool_or(items.form_status = 'INCOMPLETE') then 'INCOMPLETE'
+            else min(items.form_status)
+        end as form_status,
         min(items.transfer_id) as transfer_id,
         min(items.source_file) as source_file,
         min(items.source_row) as source_row,

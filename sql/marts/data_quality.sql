@@ -1,5 +1,8 @@
 -- marts.data_quality: one row per site and dataset of the current snapshot: what was delivered,
--- landed, quarantined (in all and by reason), collapsed as identical duplicates, and open flags.
+-- landed, quarantined (in all and by reason), collapsed as identical duplicates, open flags, and
+-- the violations of the check catalogue by Kahn category (from marts.data_quality_checks).
+-- Flags on assessments, which are derived from the delivered item scores, count under
+-- assessment_items: the data manager queries the site about the items.
 with current_transfers as (
     select source, transfer_id
     from ops.transfers
@@ -34,6 +37,33 @@ open_flags as (
     from ops.flags
     where status = 'OPEN'
     group by all
+),
+
+delivered_datasets as (
+    select
+        site_id,
+        case when dataset = 'assessments' then 'assessment_items' else dataset end as dataset,
+        violations,
+        category,
+    from marts.data_quality_checks
+),
+
+open_flags_by_delivered_dataset as (
+    select site_id, case when dataset = 'assessments' then 'assessment_items' else dataset end as dataset,
+        sum(open_flags)::bigint as open_flags
+    from open_flags
+    group by all
+),
+
+violations_by_category as (
+    select
+        site_id,
+        dataset,
+        sum(violations) filter (where category = 'conformance')::bigint as violations_conformance,
+        sum(violations) filter (where category = 'completeness')::bigint as violations_completeness,
+        sum(violations) filter (where category = 'plausibility')::bigint as violations_plausibility,
+    from delivered_datasets
+    group by all
 )
 
 select
@@ -52,7 +82,13 @@ select
     coalesce(quarantine_by_reason.quarantined_invalid_visit, 0) as quarantined_invalid_visit,
     coalesce(quarantine_by_reason.quarantined_inconsistent, 0) as quarantined_inconsistent,
     coalesce(open_flags.open_flags, 0) as open_flags,
+    coalesce(violations_by_category.violations_conformance, 0) as violations_conformance,
+    coalesce(violations_by_category.violations_completeness, 0) as violations_completeness,
+    coalesce(violations_by_category.violations_plausibility, 0) as violations_plausibility,
 from loads
 left join quarantine_by_reason using (source, dataset)
-left join open_flags on open_flags.site_id = loads.source and open_flags.dataset = loads.dataset
+left join open_flags_by_delivered_dataset as open_flags
+    on open_flags.site_id = loads.source and open_flags.dataset = loads.dataset
+left join violations_by_category
+    on violations_by_category.site_id = loads.source and violations_by_category.dataset = loads.dataset
 order by site_id, dataset
