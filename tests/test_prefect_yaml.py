@@ -10,11 +10,13 @@ from prefect import Flow
 
 from flows.settings import PROJECT_ROOT
 
+FLOWS = {"nightly-ingest": "ingest-transfers", "ingest-source": "ingest-transfers", "rebuild-marts": "rebuild-marts"}
+PARAMETERS = {"ingest-transfers": {"inbox", "warehouse", "sources"}, "rebuild-marts": {"warehouse"}}
 DEPLOYMENTS = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
 
 
 def test_every_entrypoint_imports_and_is_a_flow() -> None:
-    assert DEPLOYMENTS
+    assert {d["name"] for d in DEPLOYMENTS} == set(FLOWS)
     for deployment in DEPLOYMENTS:
         path, _, name = deployment["entrypoint"].partition(":")
         spec = importlib.util.spec_from_file_location(f"entrypoint_{deployment['name'].replace('-', '_')}",
@@ -22,11 +24,11 @@ def test_every_entrypoint_imports_and_is_a_flow() -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert isinstance(getattr(module, name), Flow), deployment["name"]
-        assert getattr(module, name).name == "ingest-transfers"
+        assert getattr(module, name).name == FLOWS[deployment["name"]]
 
 
 def test_every_schedule_has_an_explicit_timezone_and_every_deployment_explicit_parameters() -> None:
     for deployment in DEPLOYMENTS:
-        assert set(deployment["parameters"]) == {"inbox", "warehouse", "sources"}, deployment["name"]
+        assert set(deployment["parameters"]) == PARAMETERS[FLOWS[deployment["name"]]], deployment["name"]
         for schedule in deployment.get("schedules") or []:
             assert schedule.get("timezone"), deployment["name"]
