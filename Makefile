@@ -19,7 +19,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: env demo test lint bench clean-demo
+.PHONY: env demo test lint bench clean-demo server server-stop
 
 env: $(VENV)/.synced
 
@@ -35,6 +35,16 @@ demo: env
 	KAP_UNBLINDED_KEY="$${KAP_UNBLINDED_KEY:-$(DEMO_KEY)}" $(BIN)/kaptrial ingest --inbox $(DEMO_INBOX) --warehouse $(WAREHOUSE)
 	@echo "Next: $(BIN)/kaptrial status --warehouse $(WAREHOUSE)"
 
+# A local Prefect server (127.0.0.1, PREFECT_PORT or 4200) and a process worker in the
+# background, with the deployments of prefect.yaml for this checkout's inbox and warehouse.
+server: env
+	@test -n "$$KAP_UNBLINDED_KEY" || echo "Using the demo unblinded key KAP_UNBLINDED_KEY=$(DEMO_KEY) (not a secret)."
+	KAP_UNBLINDED_KEY="$${KAP_UNBLINDED_KEY:-$(DEMO_KEY)}" KAP_INBOX="$${KAP_INBOX:-$(CURDIR)/$(DEMO_INBOX)}" \
+		KAP_WAREHOUSE="$${KAP_WAREHOUSE:-$(CURDIR)/$(WAREHOUSE)}" $(BIN)/python -m flows.server start
+
+server-stop: env
+	$(BIN)/python -m flows.server stop
+
 test: env
 	$(BIN)/python -m pytest -q
 
@@ -42,7 +52,7 @@ lint: env
 	$(BIN)/ruff check flows schemas tests bench
 
 bench: env
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/run.py
 
 clean-demo:
 	rm -rf demo
