@@ -9,7 +9,7 @@ and from schemas/dictionary.yaml for everything else.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,6 @@ def check_catalogue() -> tuple[Check, ...]:
     return tuple(checks)
 
 
-def load_checks(con: duckdb.DuckDBPyConnection) -> None:
-    """`ref.checks`, replaced from the catalogue."""
-    con.execute("create or replace table ref.checks (" + ", ".join(f"{c} varchar" for c in CHECK_COLUMNS) + ")")
-    con.executemany(f"insert into ref.checks values ({', '.join('?' * len(CHECK_COLUMNS))})",
-                    [list(astuple(c)) for c in check_catalogue()])
-
-
 @cache
 def dictionary() -> dict[str, Any]:
     with open(SCHEMAS_DIR / "dictionary.yaml", encoding="utf-8") as fh:
@@ -206,15 +199,26 @@ def undocumented(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def comment_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """`COMMENT ON` every table and column the dictionary describes, so any DuckDB client shows them."""
+    """`COMMENT ON` every table and column the dictionary describes, so any DuckDB client shows
+    them; a comment already right is not written again (each is a catalog write)."""
+    table_comments = dict(con.execute("""
+        select schema_name || '.' || table_name, comment from duckdb_tables()
+        where database_name = current_database()""").fetchall())
+    column_comments = {(t, c): text for t, c, text in con.execute("""
+        select schema_name || '.' || table_name, column_name, comment from duckdb_columns()
+        where database_name = current_database()""").fetchall()}
     for table, columns in warehouse_columns(con).items():
         description, described = describe(table, [c for c, _ in columns])
         schema, name = table.split(".")
         target = f"{quote_ident(schema)}.{quote_ident(name)}"
-        if description:
-            con.execute(f"comment on table {target} is {quote_literal(description.strip())}")
-        for column, text in described.items():
-            con.execute(f"comment on column {target}.{quote_ident(column)} is {quote_literal(text.strip())}")
+        statements = []
+        if description and table_comments.get(table) != description.strip():
+            statements.append(f"comment on table {target} is {quote_literal(description.strip())}")
+        statements += [f"comment on column {target}.{quote_ident(column)} is {quote_literal(text.strip())}"
+                       for column, text in described.items() if column_comments.get((table, column)) != text.strip()]
+        if statements:
+            # one round trip per table: a statement each costs a catalog write each
+            con.execute(";\n".join(statements))
 
 
 def dictionary_markdown(con: duckdb.DuckDBPyConnection) -> str:

@@ -84,9 +84,13 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
             try:
                 for ref in discovery.transfers:
                     summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))
-                derive_seconds = rebuild_marts(con)
-                if warning := refresh_unblinded_marts(con, warehouse):
-                    summary.warnings.append(warning)
+                derive_seconds = 0.0
+                # marts derive from what landed: a run that landed nothing leaves them as they are
+                # (a change of a mart or of the study metadata is the `rebuild-marts` flow's)
+                if summary.count("LANDED"):
+                    derive_seconds = rebuild_marts(con)
+                    if warning := refresh_unblinded_marts(con, warehouse):
+                        summary.warnings.append(warning)
             except Exception as exc:
                 # what landed before the failure is whole: publish it, with the failed run on record
                 summary.finished_at = utc_now()

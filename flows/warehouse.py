@@ -11,13 +11,15 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import yaml
 
-from flows.catalogue import comment_tables, load_checks
+from flows.catalogue import CHECK_COLUMNS, check_catalogue, comment_tables
 from flows.conform import SQL_TYPES, quote_ident, quote_literal
 from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
 from schemas.datasets import DATASETS, Dataset, instruments, visits
@@ -274,7 +276,8 @@ def set_variables(con: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> Non
 def load_reference(con: duckdb.DuckDBPyConnection) -> None:
     """Study metadata and the check catalogue as `ref` tables and session variables, refreshed every run."""
     study = study_parameters()
-    load_checks(con)
+    _replace(con, "ref.checks", CHECK_COLUMNS, [astuple(c) for c in check_catalogue()],
+             ", ".join(["varchar"] * len(CHECK_COLUMNS)))
     _replace(con, "ref.visits", ["visit", "kind", "anchor", "target", "window_min", "window_max"],
              [(v, s["kind"], s["anchor"], s["target"], s["window_min"], s["window_max"])
               for v, s in visits().items()],
@@ -310,11 +313,32 @@ def load_reference(con: duckdb.DuckDBPyConnection) -> None:
 
 def _replace(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
              types: str) -> None:
-    typed = ", ".join(f"{quote_ident(c)} {t.strip()}" for c, t in zip(columns, types.split(","), strict=True))
-    con.execute(f"create or replace table {table} ({typed})")
+    """`table` holds exactly `rows`; left alone when it already does, so an unchanged warehouse
+    stays unchanged (and keeps its comments) run after run."""
+    typed = dict(zip(columns, (t.strip() for t in types.split(",")), strict=True))
     rows = list(rows)
-    if rows:
-        con.executemany(f"insert into {table} values ({', '.join('?' * len(columns))})", rows)
+    incoming = pa.table({c: pa.array([row[i] for row in rows]) for i, c in enumerate(columns)})
+    con.register("_incoming_rows", incoming)
+    try:
+        cast = ", ".join(f"cast({quote_ident(c)} as {t}) as {quote_ident(c)}" for c, t in typed.items())
+        con.execute(f"create or replace temp table _incoming as select {cast} from _incoming_rows").fetchall()
+    finally:
+        con.unregister("_incoming_rows")
+    schema, name = table.split(".")
+    current = con.execute("select list((column_name, data_type) order by column_index) from duckdb_columns() "
+                          "where schema_name = ? and table_name = ? and database_name = current_database()",
+                          [schema, name]).fetchall()[0][0]
+    wanted = con.execute("select list((column_name, data_type) order by column_index) from duckdb_columns() "
+                         "where table_name = '_incoming' and database_name = 'temp'").fetchall()[0][0]
+    if current == wanted:
+        differing = con.execute(f"""
+            select count(*) from (
+                (select * from {table} except all select * from _incoming)
+                union all
+                (select * from _incoming except all select * from {table}))""").fetchall()[0][0]
+        if differing == 0:
+            return
+    con.execute(f"create or replace table {table} as select * from _incoming").fetchall()
 
 
 def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset] = DATASETS.values()) -> None:
@@ -343,7 +367,11 @@ def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
     for table in CORE_TABLES:
         con.execute(f"create table if not exists core.{table} as select * from ({read_model(f'core/{table}.sql')}) "
                     "limit 0")
-    build_marts(con)
+    # a mart added since the warehouse was built exists from now on; the others are rebuilt
+    # when something lands, not on every run
+    for mart in MARTS:
+        con.execute(f"create table if not exists marts.{mart} as {read_model(f'marts/{mart}.sql')}")
+    comment_tables(con)
 
 
 def build_marts(con: duckdb.DuckDBPyConnection) -> None:
