@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -148,6 +149,76 @@ def status(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
         print_status(con, console)
     finally:
         con.close()
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")],
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    unblinded: Annotated[bool, typer.Option(help="Add results by arm (needs KAP_UNBLINDED_KEY).")] = False,
+) -> None:
+    """Write the trial report: one self-contained HTML file of plots and tables, blinded unless --unblinded."""
+    from flows.trial_report import build_report
+    from flows.unblinded import UnblindedKeyError
+    from flows.warehouse import connect, connect_unblinded
+
+    try:
+        con = connect_unblinded(warehouse) if unblinded else connect(warehouse, read_only=True)
+    except (FileNotFoundError, UnblindedKeyError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        document = build_report(con, unblinded=unblinded)
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    finally:
+        con.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(document, encoding="utf-8")
+    os.replace(partial, out)
+    console.print(f"{'UNBLINDED' if unblinded else 'Blinded'} report written to {out}")
+
+
+@app.command()
+def export(
+    table: Annotated[str, typer.Option("--table", help="Table to export, e.g. core.assessments.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    format: Annotated[str, typer.Option("--format", help="parquet, csv or xpt (SAS transport v5).")] = "parquet",
+    unblinded: Annotated[bool, typer.Option(help="Attach the unblinded store, for unblinded.* tables.")] = False,
+) -> None:
+    """Export one table of the warehouse to Parquet, CSV or SAS transport v5 (XPT)."""
+    from flows.export import FORMATS, ExportError, UnknownTable, export_table
+    from flows.unblinded import UnblindedKeyError
+    from flows.warehouse import connect, connect_unblinded
+
+    if format not in FORMATS:
+        err.print(f"--format must be one of {', '.join(FORMATS)}")
+        raise typer.Exit(2)
+    try:
+        con = connect_unblinded(warehouse) if unblinded else connect(warehouse, read_only=True)
+    except (FileNotFoundError, UnblindedKeyError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        result = export_table(con, table, format, out)
+    except UnknownTable as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except ExportError as exc:
+        err.print(f"[red]cannot export {table} as {format}:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        con.close()
+    console.print(f"{result.rows:,} rows of {table} written to {out} ({format})")
+    if result.names:
+        renamed = {c: n for c, n in result.names.items() if c.upper() != n}
+        console.print(f"SAS dataset {result.dataset_name}; original column names are the variable labels"
+                      + (": " + ", ".join(f"{c} → {n}" for c, n in renamed.items()) if renamed else ""))
+    if table.startswith("unblinded."):
+        err.print("[bold red]This file holds unblinded data:[/] keep it with the unblinded team.")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ class RunSummary:
         return sum(1 for r in self.receipts if r.status == status)
 
     @property
+    def landed_sources(self) -> set[str]:
+        return {r.source for r in self.receipts if r.status == "LANDED"}
+
+    @property
     def loads(self) -> list[tuple[TransferReceipt, DatasetLoad]]:
         return [(r, load) for r in self.receipts for load in r.loads]
 

@@ -95,11 +95,11 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
                 # what landed before the failure is whole: publish it, with the failed run on record
                 summary.finished_at = utc_now()
                 finish_run(con, summary, "FAILED", f"{type(exc).__name__}: {exc}")
-                publish(con, warehouse)
+                publish(con, warehouse, summary.landed_sources)
                 raise
             summary.finished_at = utc_now()
             finish_run(con, summary, "COMPLETED", derive_seconds=derive_seconds)
-            publish(con, warehouse)
+            publish(con, warehouse, summary.landed_sources)
         finally:
             con.close()
     return summary

@@ -129,6 +129,8 @@ def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnecti
 PARQUET = "parquet"
 # generated documentation of the published warehouse: dictionary, Great Expectations Data Docs
 DOCS = "docs"
+# what the flow writes for people after each run: site query listings
+REPORTS = "reports"
 GENERATIONS = ".generations"
 PUBLISHED = ".published"
 DRAFT = ".next"

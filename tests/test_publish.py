@@ -169,7 +169,7 @@ def test_a_warehouse_of_the_layout_before_generations_is_taken_over(deliveries: 
     assert (warehouse / "kap.duckdb").is_symlink() and (warehouse / "parquet").is_symlink()
     assert state(warehouse) == state(deliveries["reference"])
     assert sorted(p.name for p in warehouse.iterdir()) == [".generations", ".ingest.lock", ".published", "docs",
-                                                           "kap.duckdb", "parquet"]
+                                                           "kap.duckdb", "parquet", "reports"]
 
 
 def test_a_run_keeps_the_generation_it_replaced_and_no_older(deliveries: dict[str, Path], tmp_path: Path) -> None:

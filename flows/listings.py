@@ -1,0 +1,319 @@
+"""Site query listings: per site, one Excel workbook of what the site has to answer.
+
+A site coordinator works through the open flags of the site (`ops.flags`, status OPEN) and the
+quarantined records of its current transfer (`ops.quarantine` of the newest LANDED transfer of
+the source, as `marts.data_quality` counts them), one row each, sorted by subject and visit, with
+an empty "site response" column to fill in. Written to `<out_dir>/<site>.xlsx`, each workbook
+written beside and renamed in, so a reader never opens half a file.
+
+Delivered values are hostile input: a value such as `=HYPERLINK(...)` or `@SUM(A1)` must stay
+text in Excel. Every text cell is therefore written with an explicit string type (openpyxl
+would otherwise store a leading `=` as a formula) and with Excel's quote prefix, which keeps it
+text even when a coordinator edits the cell. Listings are blinded: the randomization and
+anything of an arm are never read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from copy import copy
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.styles.cell_style import StyleArray
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+from flows.registry import load_registry
+
+QUERIES_SHEET = "Open queries"
+ABOUT_SHEET = "About"
+# (header, widest width) — widths follow the content up to this cap, so a long message wraps
+COLUMNS: tuple[tuple[str, int], ...] = (
+    ("subject", 12), ("visit", 8), ("kind", 18), ("form", 34), ("line", 8), ("field", 20), ("value", 24),
+    ("rule", 24), ("message", 70), ("first seen", 18), ("site response", 40), ("query id", 34),
+)
+WRAPPED = {"message", "site response"}
+QUARANTINED, FLAGGED = "quarantined record", "open flag"
+# Excel refuses a cell longer than this; a listing shows where it cut rather than break the file
+EXCEL_MAX_CELL = 32_767
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SAFE_FILE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+HEADER_FONT = Font(bold=True, color="FFFFFF")
+HEADER_FILL = PatternFill("solid", fgColor="305496")
+RESPONSE_FILL = PatternFill("solid", fgColor="FFF2CC")
+WRAP = Alignment(wrap_text=True, vertical="top")
+TOP = Alignment(vertical="top")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One row of a site's listing."""
+
+    site_id: str
+    subject: str | None
+    visit: str | None
+    kind: str
+    form: str
+    line: int | None
+    field: str | None
+    value: str | None
+    rule: str
+    message: str | None
+    first_seen: str
+    query_id: str
+    visit_order: int
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """What the About sheet says of a site."""
+
+    site_id: str
+    current_transfer: str | None
+
+
+# Quarantined records of each source's newest LANDED transfer; a record is "first seen" in the
+# earliest landed transfer of the source that quarantined the same value for the same reason.
+QUARANTINE_SQL = """
+with landed as (
+    select source, transfer_id,
+        row_number() over (partition by source order by transfer_id desc) as recency,
+    from ops.transfers
+    where status = 'LANDED'
+),
+
+first_seen as (
+    select quarantine.source, quarantine.dataset, quarantine.subject_id, quarantine.column_name,
+        quarantine.value, quarantine.reason_code, min(quarantine.transfer_id) as first_seen,
+    from ops.quarantine as quarantine
+    join landed using (source, transfer_id)
+    group by all
+)
+
+select
+    quarantine.source as site_id,
+    quarantine.subject_id,
+    {visit} as visit,
+    quarantine.dataset,
+    quarantine.source_file,
+    quarantine.source_row,
+    quarantine.column_name,
+    quarantine.value,
+    quarantine.reason_code,
+    quarantine.message,
+    coalesce(first_seen.first_seen, quarantine.transfer_id) as first_seen,
+    quarantine.transfer_id,
+from ops.quarantine as quarantine
+join landed using (source, transfer_id)
+left join first_seen
+    on first_seen.source = quarantine.source
+    and first_seen.dataset = quarantine.dataset
+    and first_seen.subject_id is not distinct from quarantine.subject_id
+    and first_seen.column_name is not distinct from quarantine.column_name
+    and first_seen.value is not distinct from quarantine.value
+    and first_seen.reason_code = quarantine.reason_code
+where landed.recency = 1
+    and quarantine.dataset <> 'randomization'
+"""
+
+FLAGS_SQL = """
+select flag_id, flag_type, site_id, subject_id, visit, dataset, detail, message, first_seen_transfer,
+from ops.flags
+where status = 'OPEN'
+"""
+
+
+def write_site_listings(con: duckdb.DuckDBPyConnection, out_dir: Path, *,
+                        generated_at: datetime | None = None, sites: set[str] | None = None) -> list[Path]:
+    """One workbook `<out_dir>/<site>.xlsx` per site of the warehouse, also for a site with nothing open.
+
+    `con` is a (read-only) connection to the published `kap.duckdb`. Returns the paths written,
+    in site order. A handful of queries for all sites, then one pass per site: linear in sites and rows.
+    With `sites`, only those sites' workbooks (and any missing one) are rewritten: a site's queries
+    change only when one of its transfers lands.
+    """
+    generated_at = generated_at or datetime.now(UTC)
+    states, queries = read_site_queries(con)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for site_id in sorted(states):
+        path = out_dir / f"{SAFE_FILE_NAME.sub('_', site_id)}.xlsx"
+        if sites is not None and site_id not in sites and path.exists():
+            continue
+        write_workbook(path, states[site_id], sort_queries(queries.get(site_id, [])), generated_at)
+        written.append(path)
+    return written
+
+
+def read_site_queries(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, SiteState], dict[str, list[Query]]]:
+    """Every site and its open queries, from the published warehouse."""
+    order = visit_order(con)
+    unscheduled = len(order)
+    randomization_sources = {s for s, src in load_registry().items() if not src.is_site}
+    randomization_sources |= {s for (s,) in con.execute(
+        "select distinct source from ops.transfers where format = 'iwrs'").fetchall()}
+    current = dict(con.execute("""
+        select source, max(transfer_id) from ops.transfers where status = 'LANDED' group by all""").fetchall())
+    sites = {s for (s,) in con.execute("select distinct source from ops.transfers").fetchall()}
+    sites |= {s for (s,) in con.execute("select distinct site_id from ops.flags where status = 'OPEN'").fetchall()}
+    sites -= randomization_sources
+    states = {s: SiteState(s, current.get(s)) for s in sites}
+
+    queries: dict[str, list[Query]] = defaultdict(list)
+    cursor = con.execute(QUARANTINE_SQL.format(visit=quarantine_visit(con)))
+    for (site_id, subject, visit, dataset, source_file, source_row, column, value, reason, message, first_seen,
+         transfer_id) in cursor.fetchall():
+        if site_id not in states:
+            continue
+        queries[site_id].append(Query(
+            site_id=site_id, subject=subject, visit=visit, kind=QUARANTINED, form=f"{dataset} ({source_file})",
+            line=source_row, field=column, value=value, rule=reason, message=message, first_seen=first_seen,
+            query_id=f"Q:{transfer_id}:{source_file}:{source_row}:{column or ''}",
+            visit_order=order.get(visit, unscheduled) if visit else -1))
+    for (flag_id, flag_type, site_id, subject, visit, dataset, detail, message,
+         first_seen) in con.execute(FLAGS_SQL).fetchall():
+        if site_id not in states:
+            continue
+        queries[site_id].append(Query(
+            site_id=site_id, subject=subject, visit=visit, kind=FLAGGED, form=dataset or "", line=None,
+            field=detail, value=None, rule=flag_type, message=message, first_seen=first_seen,
+            query_id=f"F:{flag_id}", visit_order=order.get(visit, unscheduled) if visit else -1))
+    return states, queries
+
+
+def quarantine_visit(con: duckdb.DuckDBPyConnection) -> str:
+    """The visit of a quarantined record: `ops.quarantine` names none (only file, line and column), so it
+    is known where the quarantined column is the visit itself, or where a later warehouse records it."""
+    known = "case when quarantine.column_name = 'visit' then quarantine.value end"
+    # fetchall, not fetchone: a result left half-read blocks the caller's next query on `con`
+    (has_visit,) = con.execute("""select count(*) from duckdb_columns() where schema_name = 'ops'
+        and table_name = 'quarantine' and column_name = 'visit'""").fetchall()[0]
+    return f"coalesce(quarantine.visit, {known})" if has_visit else known
+
+
+def visit_order(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Visits in the schedule's order (the order of `schemas/visits.yaml`, kept as `ref.visits` rows)."""
+    return {v: i for i, (v,) in enumerate(con.execute("select visit from ref.visits order by rowid").fetchall())}
+
+
+def sort_queries(queries: Iterable[Query]) -> list[Query]:
+    """By subject (queries without a subject last), visit in schedule order (subject-level first), then form."""
+    return sorted(queries, key=lambda q: (q.subject is None, q.subject or "", q.visit_order, q.visit or "",
+                                          q.kind, q.form, q.line or 0, q.field or "", q.query_id))
+
+
+def show(text: str) -> str:
+    """Text as a cell shows it: control characters visible as escapes (an XML cell cannot hold most of
+    them, and a CR would silently become a line feed), and cut with a note past Excel's cell limit."""
+    text = CONTROL.sub(lambda m: {"\t": "\\t", "\r": "\\r", "\n": "\\n"}.get(m.group(), f"\\x{ord(m.group()):02x}"),
+                       text)
+    if len(text) > EXCEL_MAX_CELL:
+        note = f" … [cut: {len(text):,} characters]"
+        text = text[:EXCEL_MAX_CELL - len(note)] + note
+    return text
+
+
+def style_array(ws: WriteOnlyWorksheet, **style: Any) -> StyleArray:
+    """Styles resolved once per sheet: set on every cell, openpyxl would hash the style objects each time."""
+    cell = WriteOnlyCell(ws)
+    for name, setting in style.items():
+        setattr(cell, name, setting)
+    return cell._style
+
+
+def text_cell(ws: WriteOnlyWorksheet, value: str | None, style: StyleArray | None = None) -> WriteOnlyCell:
+    """A cell that is text whatever it starts with: never a formula."""
+    cell = WriteOnlyCell(ws, value=None if value is None else show(value))
+    if style is not None:
+        cell._style = copy(style)
+    if value is not None:
+        # openpyxl types a str that starts with "=" as a formula when the value is bound
+        cell.data_type = "s"
+        cell.quotePrefix = True
+    return cell
+
+
+def row_values(query: Query) -> list[str | int | None]:
+    return [query.subject, query.visit, query.kind, query.form, query.line, query.field, query.value, query.rule,
+            query.message, query.first_seen, None, query.query_id]
+
+
+def column_widths(rows: Sequence[Sequence[str | int | None]]) -> list[float]:
+    widths = [len(header) + 4 for header, _ in COLUMNS]
+    for row in rows:
+        for i, value in enumerate(row):
+            if value is not None:
+                widths[i] = max(widths[i], len(str(value)) + 2)
+    return [min(width, cap) if header not in WRAPPED else cap
+            for width, (header, cap) in zip(widths, COLUMNS, strict=True)]
+
+
+def write_workbook(path: Path, state: SiteState, queries: list[Query], generated_at: datetime) -> None:
+    """The site's workbook, written beside `path` and renamed over it."""
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet(QUERIES_SHEET)
+    rows = [row_values(q) for q in queries]
+    for i, width in enumerate(column_widths(rows), start=1):
+        ws.column_dimensions[get_column_letter(i)].width = width
+    ws.freeze_panes = "A2"
+    header = style_array(ws, font=HEADER_FONT, fill=HEADER_FILL)
+    ws.append([text_cell(ws, name, header) for name, _ in COLUMNS])
+    styles = [style_array(ws, alignment=WRAP if name in WRAPPED else TOP,
+                          **({"fill": RESPONSE_FILL} if name == "site response" else {})) for name, _ in COLUMNS]
+    for row in rows:
+        cells = []
+        for value, style in zip(row, styles, strict=True):
+            if isinstance(value, int):
+                cell = WriteOnlyCell(ws, value=value)
+                cell._style = copy(style)
+            else:
+                cell = text_cell(ws, value, style)
+            cells.append(cell)
+        ws.append(cells)
+    if not rows:
+        ws.append([text_cell(ws, f"Nothing open for {state.site_id}: no open flags and no quarantined records "
+                                 "in its current transfer.", style_array(ws, font=Font(italic=True)))])
+    ws.auto_filter.ref = f"A1:{get_column_letter(len(COLUMNS))}{max(len(rows), 1) + 1}"
+    write_about(wb, state, queries, generated_at)
+
+    partial = path.with_name(f".{path.name}.partial")
+    wb.save(partial)
+    os.replace(partial, path)
+
+
+def write_about(wb: Workbook, state: SiteState, queries: list[Query], generated_at: datetime) -> None:
+    ws = wb.create_sheet(ABOUT_SHEET)
+    ws.column_dimensions["A"].width = 26
+    ws.column_dimensions["B"].width = 90
+    quarantined = sum(q.kind == QUARANTINED for q in queries)
+    flagged = len(queries) - quarantined
+    lines: list[tuple[str, str | int]] = [
+        ("site", state.site_id),
+        ("current transfer", state.current_transfer or "none landed yet"),
+        ("generated at (UTC)", generated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")),
+        ("open queries", len(queries)),
+        ("quarantined records", quarantined),
+        ("open flags", flagged),
+        ("status", "nothing open" if not queries else f"{len(queries)} open quer{'y' if len(queries) == 1 else 'ies'}"),
+        ("", ""),
+        ("what this is", "Quarantined records of the site's current transfer (they did not land: correct them "
+                         "in the next delivery) and open flags on landed data (confirm or correct). "
+                         f"Work through sheet '{QUERIES_SHEET}' and write your answer in 'site response'; "
+                         "keep 'query id' as it is, data management matches answers by it."),
+        ("line", "Line of the delivered file (CSV) or row of the sheet (workbook) that was quarantined."),
+        ("first seen", "The transfer in which the problem was first seen."),
+    ]
+    label_style, text_style = style_array(ws, font=Font(bold=True), alignment=TOP), style_array(ws, alignment=WRAP)
+    for label, value in lines:
+        second = WriteOnlyCell(ws, value=value) if isinstance(value, int) else text_cell(ws, value, text_style)
+        ws.append([text_cell(ws, label, label_style), second])
