@@ -53,6 +53,9 @@ class RunSummary:
     finished_at: datetime | None = None
     receipts: list[TransferReceipt] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Great Expectations on what landed: counts first, then the failures (see flows/expectations.py)
+    expectations: list[str] = field(default_factory=list)
+    expectations_failed: int = 0
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.receipts if r.status == status)
@@ -221,18 +224,19 @@ def start_run(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
 
 
 def finish_run(con: duckdb.DuckDBPyConnection, summary: RunSummary, status: str, message: str | None = None,
-               derive_seconds: float = 0.0) -> None:
+               derive_seconds: float = 0.0, expectations_seconds: float | None = None) -> None:
     loads = [load for _, load in summary.loads]
     seconds = {k: sum(r.seconds.get(k, 0.0) for r in summary.receipts) for k in ("read", "validate", "land")}
     con.execute("""
         update ops.runs set finished_at = ?, status = ?, transfers_seen = ?, transfers_landed = ?,
             transfers_rejected = ?, transfers_pending = ?, rows_delivered = ?, rows_landed = ?, rows_quarantined = ?,
-            seconds_read = ?, seconds_validate = ?, seconds_land = ?, seconds_derive = ?, message = ?
+            seconds_read = ?, seconds_validate = ?, seconds_land = ?, seconds_derive = ?, seconds_expectations = ?,
+            message = ?
         where run_id = ?""",
                 [summary.finished_at, status, len(summary.receipts), summary.count("LANDED"),
                  summary.count("REJECTED"), summary.count("PENDING"), sum(x.delivered for x in loads),
                  sum(x.landed for x in loads), sum(x.quarantined for x in loads), seconds["read"],
-                 seconds["validate"], seconds["land"], derive_seconds, message, summary.run_id])
+                 seconds["validate"], seconds["land"], derive_seconds, expectations_seconds, message, summary.run_id])
 
 
 def utc_now() -> datetime:

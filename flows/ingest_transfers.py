@@ -20,6 +20,7 @@ import flows  # noqa: F401 — offline settings before Prefect is imported
 from flows.artifacts import collect, create_artifacts
 from flows.derive import rebuild_marts, refresh_unblinded_marts
 from flows.discover import TransferRef, discover_transfers
+from flows.expectations import record_expectations, run_expectations
 from flows.ingest import (
     RunSummary,
     TransferReceipt,
@@ -34,7 +35,7 @@ from flows.publish import publish
 from flows.registry import Source, load_registry
 from flows.settings import DEFAULT_WAREHOUSE
 from flows.verify import Rejected
-from flows.warehouse import init_warehouse, open_next
+from flows.warehouse import DOCS, init_warehouse, open_next
 
 
 def transient_io_error(task: object, task_run: object, state: State) -> bool:
@@ -67,9 +68,20 @@ def flow_run_id() -> str:
         return new_run_id()
 
 
+def check_expectations(con: duckdb.DuckDBPyConnection, warehouse: Path, summary: RunSummary,
+                       sites: set[str] | None) -> float:
+    """Great Expectations on the draft's tables of `sites`, recorded in `ops.expectations` of the
+    same publication; a failure is reported, never a reason to hold data back. The seconds taken."""
+    report = run_expectations(con, warehouse / DOCS / "gx", sites)
+    record_expectations(con, summary.run_id, report)
+    summary.expectations, summary.expectations_failed = report.summary_lines(), report.failed
+    return report.seconds
+
+
 def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, run_id: str | None = None,
-               step: Callable[..., TransferReceipt] = ingest_one) -> RunSummary:
-    """The whole run; the flow passes its task as `step`, tests that need no Prefect call it as is."""
+               step: Callable[..., TransferReceipt] = ingest_one, expectations: bool = True) -> RunSummary:
+    """The whole run; the flow passes its task as `step`, tests that need no Prefect call it as is.
+    `expectations=False` skips Great Expectations (its import alone costs seconds)."""
     registry = load_registry()
     only = set(sources) if sources else None
     if only and (unknown := only - set(registry)):
@@ -84,13 +96,15 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
             try:
                 for ref in discovery.transfers:
                     summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))
-                derive_seconds = 0.0
+                derive_seconds, expectations_seconds = 0.0, None
                 # marts derive from what landed: a run that landed nothing leaves them as they are
                 # (a change of a mart or of the study metadata is the `rebuild-marts` flow's)
                 if summary.count("LANDED"):
                     derive_seconds = rebuild_marts(con)
                     if warning := refresh_unblinded_marts(con, warehouse):
                         summary.warnings.append(warning)
+                    if expectations:
+                        expectations_seconds = check_expectations(con, warehouse, summary, summary.landed_sources)
             except Exception as exc:
                 # what landed before the failure is whole: publish it, with the failed run on record
                 summary.finished_at = utc_now()
@@ -98,7 +112,8 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
                 publish(con, warehouse, summary.landed_sources)
                 raise
             summary.finished_at = utc_now()
-            finish_run(con, summary, "COMPLETED", derive_seconds=derive_seconds)
+            finish_run(con, summary, "COMPLETED", derive_seconds=derive_seconds,
+                       expectations_seconds=expectations_seconds)
             publish(con, warehouse, summary.landed_sources)
         finally:
             con.close()
@@ -113,6 +128,7 @@ def ingest_transfers(inbox: str, warehouse: str = str(DEFAULT_WAREHOUSE),
     summary = run_ingest(Path(inbox), Path(warehouse), sources, run_id=flow_run_id(), step=ingest_transfer)
     create_artifacts(collect(summary, Path(warehouse)))
     # Counts only: row values never go to Prefect's logs or database.
-    logger.info("run %s: %d landed, %d rejected, %d pending of %d transfer folders", summary.run_id,
-                summary.count("LANDED"), summary.count("REJECTED"), summary.count("PENDING"), len(summary.receipts))
+    logger.info("run %s: %d landed, %d rejected, %d pending of %d transfer folders; %d expectation(s) failed",
+                summary.run_id, summary.count("LANDED"), summary.count("REJECTED"), summary.count("PENDING"),
+                len(summary.receipts), summary.expectations_failed)
     return summary

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 import flows  # noqa: F401 — offline settings before Prefect is imported
 from flows.derive import rebuild_marts, refresh_unblinded_marts
 from flows.ingest import RunSummary, finish_run, new_run_id, start_run, utc_now, writer_lock
-from flows.ingest_transfers import flow_run_id
+from flows.ingest_transfers import check_expectations, flow_run_id
 from flows.publish import publish
 from flows.settings import DEFAULT_WAREHOUSE
 from flows.warehouse import DATABASE, init_warehouse, open_next
@@ -35,8 +35,11 @@ def run_rebuild(warehouse: Path, run_id: str | None = None) -> RunSummary:
             derive_seconds = rebuild_marts(con)
             if warning := refresh_unblinded_marts(con, warehouse):
                 summary.warnings.append(warning)
+            # the whole warehouse against its expectations, the rebuilt marts included
+            expectations_seconds = check_expectations(con, warehouse, summary, None)
             summary.finished_at = utc_now()
-            finish_run(con, summary, "COMPLETED", "rebuild-marts", derive_seconds=derive_seconds)
+            finish_run(con, summary, "COMPLETED", "rebuild-marts", derive_seconds=derive_seconds,
+                       expectations_seconds=expectations_seconds)
             publish(con, warehouse)
         finally:
             con.close()

@@ -51,6 +51,9 @@ def print_summary(summary: RunSummary, console: Console) -> None:
             console.print(reasons)
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+    for line in summary.expectations:
+        # delivered values may hold brackets: never markup
+        console.print(line, style="yellow" if summary.expectations_failed else None, markup=False, highlight=False)
     warehouse = Path(summary.warehouse).resolve()
     console.print(f"Warehouse: {warehouse / 'kap.duckdb'}")
     console.print(f"Parquet:   {warehouse / 'parquet'}")

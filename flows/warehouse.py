@@ -21,6 +21,7 @@ import yaml
 
 from flows.catalogue import CHECK_COLUMNS, check_catalogue, comment_tables
 from flows.conform import SQL_TYPES, quote_ident, quote_literal
+from flows.expectations import OPS_EXPECTATIONS_DDL
 from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
 from schemas.datasets import DATASETS, Dataset, instruments, visits
 
@@ -113,6 +114,7 @@ create table if not exists ops.runs (
     seconds_validate double,
     seconds_land double,
     seconds_derive double,
+    seconds_expectations double,
     message varchar,
 );
 """
@@ -362,6 +364,9 @@ def create_staging_views(con: duckdb.DuckDBPyConnection) -> None:
 def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
     """Every table of the contract exists, empty if nothing has landed yet."""
     con.execute(OPS_DDL)
+    # warehouses built before a column or table was added get it here
+    con.execute("alter table ops.runs add column if not exists seconds_expectations double")
+    con.execute(OPS_EXPECTATIONS_DDL)
     load_reference(con)
     create_valid_tables(con)
     create_staging_views(con)
