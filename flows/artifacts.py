@@ -107,9 +107,14 @@ def safety_markdown(changes: Iterable[FlagChange], run_id: str) -> str:
              "| flag | site | subject | visit | about | flag id |", "|---|---|---|---|---|---|"]
     order = {flag: i for i, flag in enumerate(SAFETY_FLAGS)}
     for c in sorted(new, key=lambda c: (order[c.flag_type], c.site_id, c.subject_id, c.visit or "")):
-        lines.append(f"| **{c.flag_type}** | {c.site_id} | {c.subject_id} | {c.visit or '–'} | "
-                     f"{ABOUT[c.flag_type]} ({c.detail or '–'}) | `{c.flag_id}` |")
+        lines.append(f"| **{c.flag_type}** | {cell(c.site_id)} | {cell(c.subject_id)} | {cell(c.visit or '–')} | "
+                     f"{ABOUT[c.flag_type]} ({cell(c.detail or '–')}) | `{c.flag_id}` |")
     return "\n".join(lines) + "\n"
+
+
+def cell(text: str) -> str:
+    """A markdown table cell: a delivered `|` (a detail such as `MADRS|10`) must not split it."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def run_artifacts(summary: RunSummary, changes: list[FlagChange]) -> RunArtifacts:
