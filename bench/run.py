@@ -60,7 +60,7 @@ MAX_SITES = 99
 INCREMENT_DAYS = 7
 # What the bench creates in the work folder, and nothing else, is removed before and after a run.
 WORK_ENTRIES = ("sources.yaml", "inbox", "inbox_next", "floor", "peer", "warehouse", "warehouse_noop_other",
-                "warehouse_incr_full", "warehouse_incr_empty")
+                "warehouse_incr_full", "warehouse_incr_empty", "prefect-home")
 STAGES = ("read", "validate", "land", "derive", "expectations")
 MB = 1e6
 
@@ -428,6 +428,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work", help="work folder (default bench/work)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<date>-<rows>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the inbox and warehouses in the work folder")
+    parser.add_argument("--prefect-server", action="store_true",
+                        help="run `kaptrial ingest` against a Prefect server started once for the bench (as the "
+                             "nightly deployment runs), not a temporary one per run")
     args = parser.parse_args()
     if not 1 <= args.sites <= MAX_SITES:
         parser.error(f"--sites must be 1..{MAX_SITES} (subject ids carry a two-digit site number)")
@@ -440,11 +443,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     clean(work)
     bench = Bench(work, args.entry)
+    server = None
+    if args.prefect_server:
+        from flows.server import Server, free_port, spawn, stop, wait_healthy
+
+        server = Server(work / "prefect-home", free_port())
+        spawn(server, "server", [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(server.port), "--analytics-off"], server.environment())
+        wait_healthy(server)
+        bench.env |= {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(server.home)}
     load_start = os.getloadavg()
     started = datetime.now().astimezone()
     try:
         facts = measure_all(bench, args)
     finally:
+        if server is not None:
+            stop(server)
         if not args.keep:
             clean(work)
     m = bench.measurements
@@ -454,7 +468,8 @@ def main() -> None:
         "started_at": started.isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "parameters": {"sites": args.sites, "participants_per_site": args.participants_per_site, "seed": args.seed,
-                       "defect_rate": args.defect_rate, "entry": args.entry},
+                       "defect_rate": args.defect_rate, "entry": args.entry,
+                       "prefect_server": args.prefect_server},
         "machine": machine(),
         "load_average": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
         "git": git_state(),
