@@ -7,9 +7,9 @@ an empty "site response" column to fill in. Written to `<out_dir>/<site>.xlsx`, 
 written beside and renamed in, so a reader never opens half a file.
 
 Delivered values are hostile input: a value such as `=HYPERLINK(...)` or `@SUM(A1)` must stay
-text in Excel. Every text cell is therefore written with an explicit string type (openpyxl
-would otherwise store a leading `=` as a formula) and with Excel's quote prefix, which keeps it
-text even when a coordinator edits the cell. Listings are blinded: the randomization and
+text in Excel. Every text cell is therefore written with XlsxWriter's `write_string` (never
+`write`, which would store a leading `=` as a formula) and with Excel's quote prefix, which keeps
+it text even when a coordinator edits the cell. Listings are blinded: the randomization and
 anything of an arm are never read.
 """
 
@@ -19,19 +19,14 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.styles import Alignment, Font, PatternFill
-from openpyxl.styles.cell_style import StyleArray
-from openpyxl.utils import get_column_letter
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+import xlsxwriter
+from xlsxwriter.format import Format
+from xlsxwriter.worksheet import Worksheet
 
 from flows.registry import load_registry
 
@@ -48,11 +43,17 @@ QUARANTINED, FLAGGED = "quarantined record", "open flag"
 EXCEL_MAX_CELL = 32_767
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SAFE_FILE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-HEADER_FONT = Font(bold=True, color="FFFFFF")
-HEADER_FILL = PatternFill("solid", fgColor="305496")
-RESPONSE_FILL = PatternFill("solid", fgColor="FFF2CC")
-WRAP = Alignment(wrap_text=True, vertical="top")
-TOP = Alignment(vertical="top")
+# XlsxWriter format properties; TEXT marks a cell as text for Excel (the quote prefix)
+HEADER = {"bold": True, "font_color": "#FFFFFF", "bg_color": "#305496", "pattern": 1}
+RESPONSE_FILL = {"bg_color": "#FFF2CC", "pattern": 1}
+WRAP = {"text_wrap": True, "valign": "top"}
+TOP = {"valign": "top"}
+TEXT = {"quote_prefix": True}
+# write() is never called; were it, it should still not turn text into formulas, numbers or links.
+# Built in memory with a shared string table: a workbook holds one site's listing, whose rows are in
+# memory already, and `constant_memory` (inline strings through a temporary file) is ~20 % slower.
+WORKBOOK_OPTIONS = {"in_memory": True, "strings_to_formulas": False, "strings_to_numbers": False,
+                    "strings_to_urls": False}
 
 
 @dataclass(frozen=True)
@@ -214,33 +215,19 @@ def sort_queries(queries: Iterable[Query]) -> list[Query]:
 
 def show(text: str) -> str:
     """Text as a cell shows it: control characters visible as escapes (an XML cell cannot hold most of
-    them, and a CR would silently become a line feed), and cut with a note past Excel's cell limit."""
+    them, and a CR would silently become a line feed), and cut with a note past Excel's cell limit
+    (counted in UTF-16 units, as Excel counts: a character outside the BMP takes two)."""
     text = CONTROL.sub(lambda m: {"\t": "\\t", "\r": "\\r", "\n": "\\n"}.get(m.group(), f"\\x{ord(m.group()):02x}"),
                        text)
-    if len(text) > EXCEL_MAX_CELL:
+    if len(text) > EXCEL_MAX_CELL // 2 and utf16_len(text) > EXCEL_MAX_CELL:
         note = f" … [cut: {len(text):,} characters]"
-        text = text[:EXCEL_MAX_CELL - len(note)] + note
+        kept = text.encode("utf-16-le")[:2 * (EXCEL_MAX_CELL - len(note))]
+        text = kept.decode("utf-16-le", errors="ignore") + note  # a pair cut in half is dropped
     return text
 
 
-def style_array(ws: WriteOnlyWorksheet, **style: Any) -> StyleArray:
-    """Styles resolved once per sheet: set on every cell, openpyxl would hash the style objects each time."""
-    cell = WriteOnlyCell(ws)
-    for name, setting in style.items():
-        setattr(cell, name, setting)
-    return cell._style
-
-
-def text_cell(ws: WriteOnlyWorksheet, value: str | None, style: StyleArray | None = None) -> WriteOnlyCell:
-    """A cell that is text whatever it starts with: never a formula."""
-    cell = WriteOnlyCell(ws, value=None if value is None else show(value))
-    if style is not None:
-        cell._style = copy(style)
-    if value is not None:
-        # openpyxl types a str that starts with "=" as a formula when the value is bound
-        cell.data_type = "s"
-        cell.quotePrefix = True
-    return cell
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
 def row_values(query: Query) -> list[str | int | None]:
@@ -259,42 +246,52 @@ def column_widths(rows: Sequence[Sequence[str | int | None]]) -> list[float]:
 
 
 def write_workbook(path: Path, state: SiteState, queries: list[Query], generated_at: datetime) -> None:
-    """The site's workbook, written beside `path` and renamed over it."""
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet(QUERIES_SHEET)
-    rows = [row_values(q) for q in queries]
-    for i, width in enumerate(column_widths(rows), start=1):
-        ws.column_dimensions[get_column_letter(i)].width = width
-    ws.freeze_panes = "A2"
-    header = style_array(ws, font=HEADER_FONT, fill=HEADER_FILL)
-    ws.append([text_cell(ws, name, header) for name, _ in COLUMNS])
-    styles = [style_array(ws, alignment=WRAP if name in WRAPPED else TOP,
-                          **({"fill": RESPONSE_FILL} if name == "site response" else {})) for name, _ in COLUMNS]
-    for row in rows:
-        cells = []
-        for value, style in zip(row, styles, strict=True):
-            if isinstance(value, int):
-                cell = WriteOnlyCell(ws, value=value)
-                cell._style = copy(style)
-            else:
-                cell = text_cell(ws, value, style)
-            cells.append(cell)
-        ws.append(cells)
-    if not rows:
-        ws.append([text_cell(ws, f"Nothing open for {state.site_id}: no open flags and no quarantined records "
-                                 "in its current transfer.", style_array(ws, font=Font(italic=True)))])
-    ws.auto_filter.ref = f"A1:{get_column_letter(len(COLUMNS))}{max(len(rows), 1) + 1}"
-    write_about(wb, state, queries, generated_at)
-
+    """The site's workbook, written beside `path` and renamed over it (nothing is left behind if writing fails)."""
     partial = path.with_name(f".{path.name}.partial")
-    wb.save(partial)
+    try:
+        with xlsxwriter.Workbook(str(partial), WORKBOOK_OPTIONS) as wb:
+            write_queries(wb, state, [row_values(q) for q in queries])
+            write_about(wb, state, queries, generated_at)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
 
 
-def write_about(wb: Workbook, state: SiteState, queries: list[Query], generated_at: datetime) -> None:
-    ws = wb.create_sheet(ABOUT_SHEET)
-    ws.column_dimensions["A"].width = 26
-    ws.column_dimensions["B"].width = 90
+def write_queries(wb: xlsxwriter.Workbook, state: SiteState, rows: list[list[str | int | None]]) -> None:
+    """Sheet "Open queries": a frozen, filtered header, then one row per query, each cell typed explicitly."""
+    ws = wb.add_worksheet(QUERIES_SHEET)
+    # per column: its format (alignment, the shaded response), which an empty cell shows and a number
+    # takes, and the format of its text cells (the same, with the quote prefix)
+    styles = [{**(WRAP if name in WRAPPED else TOP), **(RESPONSE_FILL if name == "site response" else {})}
+              for name, _ in COLUMNS]
+    column_formats = [wb.add_format(style) for style in styles]
+    text_formats = [wb.add_format({**style, **TEXT}) for style in styles]
+    for col, width in enumerate(column_widths(rows)):
+        ws.set_column(col, col, width, column_formats[col])
+    ws.freeze_panes(1, 0)
+    ws.autofilter(0, 0, max(len(rows), 1), len(COLUMNS) - 1)
+    header = wb.add_format({**HEADER, **TEXT})
+    for col, (name, _) in enumerate(COLUMNS):
+        ws.write_string(0, col, name, header)
+    # each cell typed explicitly, never write(), which guesses a type from the value (a leading "=" makes
+    # a formula); an empty cell is not written: its column's format shows it
+    write_string, write_number = ws.write_string, ws.write_number
+    for r, row in enumerate(rows, start=1):
+        for c, value in enumerate(row):
+            if isinstance(value, int):
+                write_number(r, c, value, column_formats[c])
+            elif value:
+                write_string(r, c, show(value), text_formats[c])
+    if not rows:
+        ws.write_string(1, 0, f"Nothing open for {state.site_id}: no open flags and no quarantined records "
+                              "in its current transfer.", wb.add_format({"italic": True, **TEXT}))
+
+
+def write_about(wb: xlsxwriter.Workbook, state: SiteState, queries: list[Query], generated_at: datetime) -> None:
+    ws = wb.add_worksheet(ABOUT_SHEET)
+    ws.set_column(0, 0, 26)
+    ws.set_column(1, 1, 90)
     quarantined = sum(q.kind == QUARANTINED for q in queries)
     flagged = len(queries) - quarantined
     lines: list[tuple[str, str | int]] = [
@@ -313,7 +310,19 @@ def write_about(wb: Workbook, state: SiteState, queries: list[Query], generated_
         ("line", "Line of the delivered file (CSV) or row of the sheet (workbook) that was quarantined."),
         ("first seen", "The transfer in which the problem was first seen."),
     ]
-    label_style, text_style = style_array(ws, font=Font(bold=True), alignment=TOP), style_array(ws, alignment=WRAP)
-    for label, value in lines:
-        second = WriteOnlyCell(ws, value=value) if isinstance(value, int) else text_cell(ws, value, text_style)
-        ws.append([text_cell(ws, label, label_style), second])
+    label_format = wb.add_format({"bold": True, **TOP, **TEXT})
+    text_format = wb.add_format({**WRAP, **TEXT})
+    for r, (label, value) in enumerate(lines):
+        write_text(ws, r, 0, label, label_format)
+        if isinstance(value, int):
+            ws.write_number(r, 1, value)
+        else:
+            write_text(ws, r, 1, value, text_format)
+
+
+def write_text(ws: Worksheet, row: int, col: int, value: str, cell_format: Format) -> None:
+    """A cell that is text whatever it starts with: never a formula (an empty text is an empty cell)."""
+    if value:
+        ws.write_string(row, col, show(value), cell_format)
+    else:
+        ws.write_blank(row, col, None, cell_format)

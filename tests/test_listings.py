@@ -12,8 +12,10 @@ from pathlib import Path
 import duckdb
 import pytest
 from openpyxl import load_workbook
+from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+import flows.listings as listings_module
 from flows.generate import generate_trial
 from flows.ingest_transfers import run_ingest
 from flows.listings import ABOUT_SHEET, COLUMNS, QUERIES_SHEET, show, write_site_listings
@@ -131,6 +133,8 @@ def test_formula_like_values_stay_text_cells(listings: dict[str, Path]) -> None:
                     assert cell.data_type != "f", (path.name, cell.coordinate, cell.value)
                     if isinstance(cell.value, str):
                         seen[cell.value] = cell.data_type
+                        # the quote prefix keeps it text when a coordinator edits the cell
+                        assert cell.quotePrefix, (path.name, ws.title, cell.coordinate, cell.value)
     # a tab is shown as the escape \t rather than as an invisible character
     for value in [*HOSTILE[:4], "\\t=2+2", '=HYPERLINK("http://x","y")', "=AE1"]:
         assert seen.get(value) == "s", value
@@ -161,6 +165,43 @@ def test_a_listing_has_a_frozen_header_a_filter_and_an_about_sheet(listings: dic
     assert about["open queries"] == len(rows)
     assert about["quarantined records"] == sum(r["kind"] == "quarantined record" for r in rows)
     assert about["open flags"] == sum(r["kind"] == "open flag" for r in rows)
+
+
+def test_line_is_a_number_and_the_empty_site_response_column_is_shaded_and_wraps(listings: dict[str, Path]) -> None:
+    ws = load_workbook(listings["S01"])[QUERIES_SHEET]
+    lines = [r["line"] for r in rows_of(ws) if r["kind"] == "quarantined record"]
+    assert lines and all(isinstance(line, int) for line in lines)
+    response, message = (ws.column_dimensions[get_column_letter(HEADERS.index(h) + 1)]
+                         for h in ("site response", "message"))
+    assert response.fill.fgColor.rgb.endswith("FFF2CC") and response.alignment.wrap_text
+    assert message.alignment.wrap_text
+
+
+def test_a_text_past_excels_cell_limit_is_cut_with_a_note_counting_utf16_units() -> None:
+    # Excel counts UTF-16 units: an emoji takes two, so 20,000 of them are past its 32,767 limit
+    cut = show("\N{GRINNING FACE}" * 20_000)
+    assert cut.endswith(" … [cut: 20,000 characters]")
+    assert len(cut.encode("utf-16-le")) // 2 <= 32_767
+    assert show("x" * 32_767) == "x" * 32_767
+
+
+def test_a_failed_write_leaves_the_previous_workbook_and_nothing_half_written(seeded: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    con = connect(seeded, read_only=True)
+    try:
+        (first, *_) = write_site_listings(con, tmp_path)
+        before = first.read_bytes()
+
+        def fail(*args: object) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(listings_module, "write_about", fail)
+        with pytest.raises(OSError, match="disk full"):
+            write_site_listings(con, tmp_path)
+    finally:
+        con.close()
+    assert first.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{s}.xlsx" for s in SITES]
 
 
 def test_a_site_with_nothing_open_gets_a_workbook_saying_so(listings: dict[str, Path]) -> None:
