@@ -198,22 +198,35 @@ def undocumented(con: duckdb.DuckDBPyConnection) -> list[str]:
     return missing
 
 
+def current_comments(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """The comments the database holds: by table, and by (table, column). Views count as tables."""
+    tables = dict(con.execute("""
+        select schema_name || '.' || table_name, comment from duckdb_tables()
+        where database_name = current_database()
+        union all
+        select schema_name || '.' || view_name, comment from duckdb_views()
+        where database_name = current_database() and not internal""").fetchall())
+    columns = {(t, c): text for t, c, text in con.execute("""
+        select schema_name || '.' || table_name, column_name, comment from duckdb_columns()
+        where database_name = current_database()""").fetchall()}
+    return tables, columns
+
+
 def comment_tables(con: duckdb.DuckDBPyConnection) -> None:
     """`COMMENT ON` every table and column the dictionary describes, so any DuckDB client shows
     them; a comment already right is not written again (each is a catalog write)."""
-    table_comments = dict(con.execute("""
-        select schema_name || '.' || table_name, comment from duckdb_tables()
-        where database_name = current_database()""").fetchall())
-    column_comments = {(t, c): text for t, c, text in con.execute("""
-        select schema_name || '.' || table_name, column_name, comment from duckdb_columns()
-        where database_name = current_database()""").fetchall()}
+    table_comments, column_comments = current_comments(con)
+    views = {v for (v,) in con.execute("""
+        select schema_name || '.' || view_name from duckdb_views()
+        where database_name = current_database() and not internal""").fetchall()}
     for table, columns in warehouse_columns(con).items():
         description, described = describe(table, [c for c, _ in columns])
         schema, name = table.split(".")
         target = f"{quote_ident(schema)}.{quote_ident(name)}"
         statements = []
         if description and table_comments.get(table) != description.strip():
-            statements.append(f"comment on table {target} is {quote_literal(description.strip())}")
+            kind = "view" if table in views else "table"
+            statements.append(f"comment on {kind} {target} is {quote_literal(description.strip())}")
         statements += [f"comment on column {target}.{quote_ident(column)} is {quote_literal(text.strip())}"
                        for column, text in described.items() if column_comments.get((table, column)) != text.strip()]
         if statements:
@@ -223,12 +236,7 @@ def comment_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def dictionary_markdown(con: duckdb.DuckDBPyConnection) -> str:
     """The data dictionary of the connected warehouse, from its comments, and the check catalogue."""
-    comments = dict(con.execute("""
-        select schema_name || '.' || table_name, comment from duckdb_tables()
-        where database_name = current_database()""").fetchall())
-    column_comments = {(t, c): text for t, c, text in con.execute("""
-        select schema_name || '.' || table_name, column_name, comment from duckdb_columns()
-        where database_name = current_database()""").fetchall()}
+    comments, column_comments = current_comments(con)
     lines = ["# KAP-TRD-01 warehouse: data dictionary", "",
              "Generated from `schemas/dictionary.yaml` and the dataset models after every run; "
              "the same text is in the warehouse as `COMMENT ON` (`duckdb_columns().comment`).", ""]

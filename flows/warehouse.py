@@ -367,6 +367,7 @@ def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
     # warehouses built before a column or table was added get it here
     con.execute("alter table ops.runs add column if not exists seconds_expectations double")
     con.execute(OPS_EXPECTATIONS_DDL)
+    con.execute(f"create or replace view ops.current_transfers as {read_model('ops/current_transfers.sql')}")
     load_reference(con)
     create_valid_tables(con)
     create_staging_views(con)

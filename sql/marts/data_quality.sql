@@ -3,17 +3,10 @@
 -- the violations of the check catalogue by Kahn category (from marts.data_quality_checks).
 -- Flags on assessments, which are derived from the delivered item scores, count under
 -- assessment_items: the data manager queries the site about the items.
-with current_transfers as (
-    select source, transfer_id
-    from ops.transfers
-    where status = 'LANDED'
-    qualify row_number() over (partition by source order by transfer_id desc) = 1
-),
-
-loads as (
+with loads as (
     select loads.*
     from ops.loads as loads
-    join current_transfers using (source, transfer_id)
+    join ops.current_transfers using (source, transfer_id)
 ),
 
 quarantine_by_reason as (
@@ -28,7 +21,7 @@ quarantine_by_reason as (
         count(*) filter (where reason_code = 'INVALID_VISIT') as quarantined_invalid_visit,
         count(*) filter (where reason_code = 'INCONSISTENT') as quarantined_inconsistent,
     from ops.quarantine as quarantine
-    join current_transfers using (source, transfer_id)
+    join ops.current_transfers using (source, transfer_id)
     group by all
 ),
 

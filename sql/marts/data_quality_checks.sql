@@ -3,17 +3,10 @@
 -- check, out of how many it saw. A quarantine rule counts the quarantined records of the current
 -- transfer (a record names dataset, reason and column; a rule about the whole record has no
 -- column); a flag counts its open flags. Every check applicable to a site is listed, passed or not.
-with current_transfers as (
-    select source, transfer_id
-    from ops.transfers
-    where status = 'LANDED'
-    qualify row_number() over (partition by source order by transfer_id desc) = 1
-),
-
-current_loads as (
+with current_loads as (
     select loads.source as site_id, loads.dataset, loads.delivered
     from ops.loads as loads
-    join current_transfers using (source, transfer_id)
+    join ops.current_transfers using (source, transfer_id)
 ),
 
 core_rows as (
@@ -38,7 +31,7 @@ quarantined_by_check as (
                  concat_ws('.', quarantine.dataset, quarantine.reason_code, quarantine.column_name)) as check_id,
         count(*) as violations,
     from ops.quarantine as quarantine
-    join current_transfers using (source, transfer_id)
+    join ops.current_transfers using (source, transfer_id)
     left join ref.checks as by_column
         on by_column.check_kind = 'quarantine'
         and by_column.dataset = quarantine.dataset

@@ -29,9 +29,7 @@ with current_transfers as (
         source as site_id,
         transfer_id as cutoff_transfer,
         strptime(transfer_id, '%Y%m%dT%H%M%SZ')::date as cutoff_date,
-    from ops.transfers
-    where status = 'LANDED'
-    qualify row_number() over (partition by source order by transfer_id desc) = 1
+    from ops.current_transfers
 ),
 
 sites as (
