@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flows.conform import quote_literal
 from flows.process import ProcessedTransfer
@@ -243,7 +244,11 @@ def land_randomization(con: duckdb.DuckDBPyConnection, scratch: duckdb.DuckDBPyC
                               ).to_arrow_table()
         scratch.unregister("previous_randomization")
     tables["randomization"] = scratch.sql("select * from new_randomization").to_arrow_table()
-    tables["quarantine"] = _appended(tables.get("quarantine"), new_quarantine)
+    # a run killed after the store was switched in, before the blinded receipt was published,
+    # left this transfer's records in the store: they are replaced, not appended twice (its
+    # changes then compare the list with itself and add nothing)
+    tables["quarantine"] = _appended(_without_transfer(tables.get("quarantine"), transfer.transfer_id),
+                                     new_quarantine)
     if changes.num_rows:
         tables["changes"] = _appended(tables.get("changes"), changes)
     write_store(warehouse, tables, passphrase)
@@ -258,6 +263,12 @@ def land_randomization(con: duckdb.DuckDBPyConnection, scratch: duckdb.DuckDBPyC
     except BaseException:
         con.execute("rollback")
         raise
+
+
+def _without_transfer(table: pa.Table | None, transfer_id: str) -> pa.Table | None:
+    if table is None:
+        return None
+    return table.filter(pc.invert(pc.equal(table.column("transfer_id"), transfer_id)))
 
 
 def _appended(old: pa.Table | None, new: pa.Table) -> pa.Table:

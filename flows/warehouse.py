@@ -155,6 +155,7 @@ def open_next(warehouse: Path) -> duckdb.DuckDBPyConnection:
     warehouse.mkdir(parents=True, exist_ok=True)
     for leftover in LEGACY_DRAFTS:
         (warehouse / leftover).unlink(missing_ok=True)
+    adopt_layout(warehouse)
     draft = next_dir(warehouse)
     shutil.rmtree(draft, ignore_errors=True)
     draft.mkdir(parents=True)
@@ -176,10 +177,11 @@ def seal_next(con: duckdb.DuckDBPyConnection, warehouse: Path) -> Path:
 def publish_next(warehouse: Path) -> Path:
     """Switch the sealed draft in, database and Parquet tree together, with one atomic rename.
 
-    `kap.duckdb` and `parquet` are fixed links through `.published`, which points to the
-    current generation; renaming a new `.published` over the old is the single instant at
-    which readers go from the old warehouse to the new one. The generation before stays one
-    run longer, for readers that were listing its Parquet files at that instant.
+    `kap.duckdb` and `parquet` are fixed links through `.published` (made by `adopt_layout`
+    before any work), which points to the current generation; renaming a new `.published` over
+    the old is the single instant at which readers go from the old warehouse to the new one.
+    The generation before stays one run longer, for readers that were listing its Parquet files
+    at that instant.
     """
     generations = warehouse / GENERATIONS
     draft = next_dir(warehouse)
@@ -190,13 +192,46 @@ def publish_next(warehouse: Path) -> Path:
     link = warehouse / PUBLISHED
     previous = os.readlink(link) if link.is_symlink() else None
     switch_link(link, f"{GENERATIONS}/{name}")
-    for entry in (DATABASE, PARQUET):
-        fix_entry_link(warehouse, entry)
     keep = {name, Path(previous).name if previous else ""}
     for generation in generations.iterdir():
         if generation.name not in keep and generation.name != DRAFT:
             shutil.rmtree(generation, ignore_errors=True)
     return generations / name
+
+
+def adopt_layout(warehouse: Path) -> None:
+    """Make `kap.duckdb` and `parquet` the fixed links through `.published`, before a run works.
+
+    A new warehouse gets the links at once (dangling until its first publication: readers are
+    told there is no warehouse yet). A warehouse of the layout before generations, with a plain
+    database file and Parquet directory, first becomes a generation of its own: its files are
+    hard-linked into one and `.published` switched to it. Every step leaves readers the same
+    data, so a kill between two steps is harmless and the next run finishes the adoption; the
+    run's own publication is then always one rename.
+    """
+    database, parquet = warehouse / DATABASE, warehouse / PARQUET
+    if database.is_file() and not database.is_symlink():
+        if database.with_name(DATABASE + ".wal").exists():
+            # readers open the link, whose WAL path is beside the link: fold the log in first
+            with duckdb.connect(str(database), config=dict(DUCKDB_CONFIG)) as legacy:
+                legacy.execute("checkpoint")
+        generations = warehouse / GENERATIONS
+        generations.mkdir(exist_ok=True)
+        adopted = generations / f"g{time.time_ns():020d}"
+        partial = generations / f".adopt-{adopted.name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        os.link(database, partial / DATABASE)
+        if parquet.is_dir() and not parquet.is_symlink():
+            shutil.copytree(parquet, partial / PARQUET, copy_function=os.link)
+        fsync_tree(partial)
+        os.replace(partial, adopted)
+        fsync(generations)
+        switch_link(warehouse / PUBLISHED, f"{GENERATIONS}/{adopted.name}")
+    for entry in (DATABASE, PARQUET):
+        fix_entry_link(warehouse, entry)
+    for leftover in (warehouse / GENERATIONS).glob(".adopt-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def switch_link(link: Path, target: str) -> None:
@@ -209,21 +244,17 @@ def switch_link(link: Path, target: str) -> None:
 
 
 def fix_entry_link(warehouse: Path, entry: str) -> None:
-    """`kap.duckdb` and `parquet` become links through `.published` once, on a warehouse's first
-    publication; a warehouse of the layout before generations has them as a file and a directory."""
+    """`warehouse/entry` becomes the link `.published/entry`: made where missing, renamed over a
+    plain file, or, for a directory (which cannot be renamed over), put in place after the
+    directory is moved aside; `adopt_layout` has already taken what the file or directory held."""
     path, target = warehouse / entry, f"{PUBLISHED}/{entry}"
-    if path.is_symlink():
-        return
-    if path.is_dir():
-        # a directory cannot be renamed over: move it aside first (a kill here leaves no
-        # `parquet` until the next publication makes the link)
-        aside = warehouse / f".{entry}.legacy"
+    aside = warehouse / f".{entry}.legacy"
+    if not path.is_symlink() and path.is_dir():
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(path, aside)
+    if not path.is_symlink() or os.readlink(path) != target:
         switch_link(path, target)
-        shutil.rmtree(aside, ignore_errors=True)
-        return
-    switch_link(path, target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def fsync(path: Path) -> None:

@@ -162,14 +162,56 @@ def test_a_warehouse_of_the_layout_before_generations_is_taken_over(deliveries: 
                                                                     tmp_path: Path) -> None:
     """`kap.duckdb` a plain file and `parquet/` a plain directory: the next run publishes through links."""
     warehouse = tmp_path / "wh"
-    warehouse.mkdir()
-    shutil.copyfile(deliveries["base"] / "kap.duckdb", warehouse / "kap.duckdb")
-    shutil.copytree(deliveries["base"] / "parquet", warehouse / "parquet")
+    legacy_layout(deliveries["base"], warehouse)
     run_ingest(deliveries["second"], warehouse)
     assert (warehouse / "kap.duckdb").is_symlink() and (warehouse / "parquet").is_symlink()
     assert state(warehouse) == state(deliveries["reference"])
     assert sorted(p.name for p in warehouse.iterdir()) == [".generations", ".ingest.lock", ".published", "docs",
                                                            "kap.duckdb", "parquet", "reports"]
+
+
+def legacy_layout(base: Path, warehouse: Path) -> None:
+    """`kap.duckdb` a plain file and `parquet/` a plain directory, as before generations."""
+    warehouse.mkdir()
+    shutil.copyfile(base / "kap.duckdb", warehouse / "kap.duckdb")
+    shutil.copytree(base / "parquet", warehouse / "parquet")
+
+
+def without_parquet(result: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in result.items() if k != "parquet"}
+
+
+@pytest.mark.parametrize("switch", [1, 2, 3])
+def test_a_run_killed_while_taking_over_the_old_layout_leaves_the_old_warehouse(
+        deliveries: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switch: int) -> None:
+    """Killed before the n-th link switch of the take-over (`.published`, then `kap.duckdb`, then
+    `parquet`): readers still see the old data, database and Parquet alike, and the next run
+    finishes the take-over and the ingest."""
+    import flows.warehouse as module
+
+    warehouse = tmp_path / "wh"
+    legacy_layout(deliveries["base"], warehouse)
+    original, calls = module.switch_link, []
+
+    def killed(*args: object) -> None:
+        calls.append(args)
+        if len(calls) == switch:
+            raise Killed
+        original(*args)
+
+    monkeypatch.setattr(module, "switch_link", killed)
+    with pytest.raises(Killed):
+        run_ingest(deliveries["second"], warehouse, expectations=False)
+    monkeypatch.undo()
+    consistent(warehouse)
+    assert without_parquet(state(warehouse)) == without_parquet(state(deliveries["base"]))
+    if switch < 3:  # before the third switch the old directory is still in place
+        assert state(warehouse)["parquet"] == state(deliveries["base"])["parquet"]
+    run_ingest(deliveries["second"], warehouse)
+    consistent(warehouse)
+    assert state(warehouse) == state(deliveries["reference"])
+    assert not (warehouse / ".parquet.legacy").exists()
+    assert [p.name for p in (warehouse / ".generations").glob(".adopt-*")] == []
 
 
 def test_a_run_keeps_the_generation_it_replaced_and_no_older(deliveries: dict[str, Path], tmp_path: Path) -> None:

@@ -132,3 +132,35 @@ def test_sql_unblinded_joins_the_arm_with_core_tables_only_with_the_key(tmp_path
     monkeypatch.setenv(KEY_ENV, "not the key")
     wrong = runner.invoke(app, ["sql", "--warehouse", str(tmp_path / "wh"), "--unblinded", query])
     assert wrong.exit_code == 2 and "does not open" in wrong.output
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at an exact instant: nothing after it runs, no handler catches it."""
+
+
+def test_a_run_killed_after_the_store_was_switched_in_lands_the_list_again_to_the_same_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store is written before the blinded receipt is published: a kill in between leaves the
+    transfer unrecorded, and landing it again must not record its quarantine twice."""
+    import flows.publish as publish
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    write_transfer(tmp_path / "inbox", "IWRS", T1, LIST_1)
+    run_ingest(tmp_path / "inbox", tmp_path / "reference", expectations=False)
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(publish, "publish_next", killed)
+        with pytest.raises(Killed):
+            run_ingest(tmp_path / "inbox", tmp_path / "wh", expectations=False)
+    assert read_store(tmp_path / "wh", KEY)["quarantine"].num_rows == 1
+    assert [r.status for r in run_ingest(tmp_path / "inbox", tmp_path / "wh", expectations=False).receipts] == [
+        "LANDED"]
+    store, reference = read_store(tmp_path / "wh", KEY), read_store(tmp_path / "reference", KEY)
+    drop = {"run_id"}
+    for name in ("randomization", "quarantine"):
+        columns = [c for c in reference[name].column_names if c not in drop]
+        assert store[name].select(columns).to_pylist() == reference[name].select(columns).to_pylist(), name
+    assert "changes" not in store
