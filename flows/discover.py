@@ -21,7 +21,8 @@ class TransferRef:
     @property
     def has_manifest(self) -> bool:
         # A folder without its manifest is still being uploaded (pending).
-        return (self.path / MANIFEST).is_file()
+        # A linked manifest is there (and rejected when verified, never followed).
+        return (self.path / MANIFEST).is_symlink() or (self.path / MANIFEST).is_file()
 
 
 @dataclass(frozen=True)

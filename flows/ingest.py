@@ -25,7 +25,7 @@ from flows.process import DatasetLoad, drop_scratch, process_transfer
 from flows.registry import SUPPORTED_FORMATS, Source
 from flows.settings import DUCKDB_CONFIG
 from flows.unblinded import UnblindedKeyError, passphrase_from_env, read_store
-from flows.verify import Rejected, load_manifest, verify_transfer
+from flows.verify import Rejected, check_identity, load_manifest, verify_transfer
 
 LOCK_FILE = ".ingest.lock"
 FINAL_STATUSES = ("LANDED", "REJECTED", "DUPLICATE", "LATE")
@@ -124,6 +124,8 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
     try:
         if current is not None and ref.folder < current:
             manifest, manifest_sha = load_manifest(ref)
+            # a manifest of another study or source, or a bad id, is rejected whatever its age
+            check_identity(manifest, ref, source)
             receipt.status = "LATE"
             receipt.reason = f"older than the current transfer {current}: recorded, not landed"
             record_transfer(con, source=ref.source, transfer_id=ref.folder, format=source.format, status="LATE",
@@ -151,7 +153,7 @@ def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source,
 
 def manifest_hash(ref: TransferRef) -> str | None:
     path = ref.path / MANIFEST
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and not path.is_symlink() else None
 
 
 def listed_checksums(manifest: dict[str, Any]) -> dict[str, str] | None:

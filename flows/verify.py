@@ -59,6 +59,8 @@ class VerifiedTransfer:
 
 
 def load_manifest(ref: TransferRef) -> tuple[dict[str, Any], str]:
+    if (ref.path / MANIFEST).is_symlink():
+        raise Rejected(f"{MANIFEST} is a symbolic link: nothing outside the transfer folder is read")
     raw = (ref.path / MANIFEST).read_bytes()
     try:
         manifest = json.loads(raw)

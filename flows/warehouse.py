@@ -404,8 +404,16 @@ def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
     create_staging_views(con)
     set_variables(con, {"site_id": "", "transfer_id": ""})
     for table in CORE_TABLES:
-        con.execute(f"create table if not exists core.{table} as select * from ({read_model(f'core/{table}.sql')}) "
-                    "limit 0")
+        model = read_model(f"core/{table}.sql")
+        con.execute(f"create table if not exists core.{table} as select * from ({model}) limit 0")
+        # a column a model gained since the warehouse was built is added, empty for the rows before
+        existing = {c for (c,) in con.execute(
+            "select column_name from duckdb_columns() where schema_name = 'core' and table_name = ? "
+            "and database_name = current_database()", [table]).fetchall()}
+        shape = con.sql(f"select * from ({model}) limit 0")
+        for name, kind in zip(shape.columns, shape.types, strict=True):
+            if name not in existing:
+                con.execute(f"alter table core.{table} add column {quote_ident(name)} {kind}")
     # a mart added since the warehouse was built exists from now on; the others are rebuilt
     # when something lands, not on every run
     for mart in MARTS:

@@ -173,6 +173,9 @@ def test_people_without_a_bl_visit_have_no_windows(con: duckdb.DuckDBPyConnectio
     ({"dose_mg": 71.0}, True),                     # IV 1.014 mg/kg
     ({"infusion_min": 34}, True),                  # IV infused too fast
     ({"route": "IM", "dose_mg": 105.0, "infusion_min": None}, False),  # IM 1.5 mg/kg
+    ({"route": "IM", "dose_mg": 101.4, "weight_kg": 67.6, "infusion_min": None}, False),  # 1.5 exactly, not in binary
+    ({"route": "IM", "dose_mg": 101.5, "weight_kg": 67.6, "infusion_min": None}, True),
+    ({"route": "IV", "dose_mg": 33.8, "weight_kg": 67.6}, False),  # IV 0.5 mg/kg exactly
     ({"route": "SL", "dose_mg": 400.0, "infusion_min": None}, False),
     ({"route": "SL", "dose_mg": 401.0, "infusion_min": None}, True),
     ({"route": "IN", "dose_mg": 28.0, "infusion_min": None}, False),
@@ -218,7 +221,7 @@ def test_suicidality_items_are_flagged_complete_or_not(con: duckdb.DuckDBPyConne
 
 def test_serious_events_and_uncoded_terms_are_flagged_and_terms_coded_after_trim_and_case_fold(
         con: duckdb.DuckDBPyConnection) -> None:
-    land(con, adverse_events=[adverse_event("AE001", "  Feeling Detached "),
+    land(con, adverse_events=[adverse_event("AE001", "  Feeling Detached \t"),
                               adverse_event("AE002", "purple elephants", serious="Y")])
     coded = con.execute("select ae_id, preferred_term, serious from core.adverse_events order by ae_id").fetchall()
     assert coded == [("AE001", "Dissociation", False), ("AE002", None, True)]

@@ -161,6 +161,21 @@ def test_a_late_transfer_is_recorded_and_not_landed(tmp_path: Path) -> None:
     assert query(wh, "select distinct transfer_id from core.participants") == [(T2,)]
 
 
+@pytest.mark.parametrize(("folder", "changes", "reason"), [
+    ("20260230T000000Z", {"transfer_id": "20260230T000000Z"}, "not a UTC time"),  # no 30 February
+    (None, {"study": "OTHER-STUDY"}, "names study"),
+])
+def test_an_older_transfer_of_another_study_or_a_bad_id_is_rejected_not_late(
+        tmp_path: Path, folder: str | None, changes: dict[str, str], reason: str) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T2)
+    run_ingest(inbox, wh)
+    write_transfer(inbox, "S01", T1, folder=folder, manifest_changes=changes)
+    run_ingest(inbox, wh)
+    rejected = query(wh, "select status, reason from ops.transfers where transfer_id <> ?", [T2])
+    assert [status for status, _ in rejected] == ["REJECTED"] and reason in rejected[0][1]
+
+
 def test_a_second_run_with_nothing_new_changes_nothing(tmp_path: Path) -> None:
     inbox, wh = tmp_path / "inbox", tmp_path / "wh"
     write_transfer(inbox, "S01", T1)

@@ -477,6 +477,23 @@ def test_form_status_total_and_missing_item_reach_the_flags(tmp_path: Path) -> N
                      ("sessions", 0, 0, 0), ("vitals", 0, 0, 0)]
 
 
+def test_an_incomplete_enrollment_or_adverse_event_form_lands_flagged(tmp_path: Path) -> None:
+    """FORM_INCOMPLETE holds for every form (DTS §4), the participant's and the AE log's too."""
+    deliver(tmp_path, [screening(enrollment_complete="0"), adverse_event(1, adverse_events_complete="0"),
+                       adverse_event(2)])
+    run_ingest(tmp_path / "inbox", tmp_path / "wh", expectations=False)
+    db = connect(tmp_path / "wh", read_only=True)
+    try:
+        flags = db.execute("select dataset, subject_id, visit, detail from ops.flags "
+                           "where flag_type = 'FORM_INCOMPLETE' and status = 'OPEN' order by all").fetchall()
+        statuses = db.execute("select (select list(form_status) from core.participants), "
+                              "(select list(form_status order by ae_id) from core.adverse_events)").fetchone()
+    finally:
+        db.close()
+    assert flags == [("adverse_events", SUBJECT, None, "AE001"), ("participants", SUBJECT, None, "participant")]
+    assert statuses == (["INCOMPLETE"], ["INCOMPLETE", "COMPLETE"])
+
+
 def test_a_row_of_another_sites_data_access_group_is_an_unknown_subject_and_no_group_is_none(
         tmp_path: Path) -> None:
     from flows.ingest_transfers import run_ingest

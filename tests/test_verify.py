@@ -214,6 +214,17 @@ def test_listed_file_that_is_a_symbolic_link_is_rejected(tmp_path: Path, target_
         verify(ref)
 
 
+def test_a_manifest_that_is_a_symbolic_link_is_rejected_not_followed(tmp_path: Path) -> None:
+    ref = write_transfer(tmp_path / "inbox", "S01")
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((ref.path / "manifest.json").read_bytes())
+    (ref.path / "manifest.json").unlink()
+    (ref.path / "manifest.json").symlink_to(outside)
+    assert ref.has_manifest  # not pending: there, and refused
+    with pytest.raises(Rejected, match=r"manifest.json is a symbolic link"):
+        verify(ref)
+
+
 def test_listed_name_that_is_a_folder_is_rejected(tmp_path: Path) -> None:
     ref = write_transfer(tmp_path, "S01")
     (ref.path / "participants.csv").unlink()

@@ -14,8 +14,9 @@ select
     events.related,
     events.outcome,
     events.action,
+    events.form_status,
     events.transfer_id,
     events.source_file,
     events.source_row,
 from stg_adverse_events as events
-left join ref.ae_terms as terms on lower(trim(events.term)) = terms.verbatim_key
+left join ref.ae_terms as terms on lower(regexp_replace(events.term, '^[\s\p{Z}]+|[\s\p{Z}]+$', '', 'g')) = terms.verbatim_key

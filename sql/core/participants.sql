@@ -23,6 +23,7 @@ select
     participants.withdrawal_date,
     participants.withdrawal_reason,
     baseline_dates.bl_date,
+    participants.form_status,
     participants.transfer_id,
     participants.source_file,
     participants.source_row,

@@ -74,8 +74,11 @@ dose_deviations as (
     join ref.dose_ranges as ranges using (route)
     where sessions.dose_mg is not null
         and (
-            (case when ranges.basis = 'mg_per_kg' then sessions.dose_mg_per_kg else sessions.dose_mg end)
-                not between ranges.min and ranges.max
+            -- in decimal arithmetic: a dose exactly on an inclusive edge (IM 101.4 mg at 67.6 kg is
+            -- 1.5 mg/kg) must not fall outside through a binary rounding error
+            sessions.dose_mg::decimal(18, 6) not between
+                ranges.min::decimal(18, 6) * (case when ranges.basis = 'mg_per_kg' then sessions.weight_kg else 1 end)::decimal(18, 6)
+                and ranges.max::decimal(18, 6) * (case when ranges.basis = 'mg_per_kg' then sessions.weight_kg else 1 end)::decimal(18, 6)
             or sessions.infusion_min not between ranges.infusion_min and ranges.infusion_max
         )
 ),
@@ -108,6 +111,14 @@ incomplete_forms as (
     union all
     select 'FORM_INCOMPLETE', subject_id, visit, 'vitals', timepoint, 'vital signs form marked Incomplete (status 0)'
     from vitals where form_status = 'INCOMPLETE'
+    union all
+    select 'FORM_INCOMPLETE', subject_id, null, 'participants', 'participant',
+        'enrollment or study status form marked Incomplete (status 0)'
+    from participants where form_status = 'INCOMPLETE'
+    union all
+    select 'FORM_INCOMPLETE', subject_id, null, 'adverse_events', ae_id,
+        format('adverse event {} form marked Incomplete (status 0)', ae_id)
+    from adverse_events where form_status = 'INCOMPLETE'
 ),
 
 -- REDCap's calculated total against the sum of the landed items: the items win (DTS §4)

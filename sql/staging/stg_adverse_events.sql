@@ -11,6 +11,7 @@ select
     related,
     outcome,
     action,
+    form_status,
     transfer_id,
     source_file,
     source_row,

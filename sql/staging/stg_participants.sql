@@ -11,6 +11,7 @@ select
     status,
     withdrawal_date,
     withdrawal_reason,
+    form_status,
     transfer_id,
     source_file,
     source_row,
