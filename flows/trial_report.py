@@ -323,7 +323,8 @@ def plot_quality(by_site: Table) -> Figure:
         left.set_yticks(ys, sites)
         left.invert_yaxis()
         left.set_title("Delivered rows of the current transfer")
-        left.legend(fontsize=7, loc="lower right")
+        # below the bars: inside the axes it hides the shortest ones
+        left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3, frameon=False)
         if "open_flags" in by_site.columns:
             right.barh(ys, [int(v or 0) for v in _column(by_site, "open_flags")], color="#DD8452")
         right.set_yticks(ys, sites)
