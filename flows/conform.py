@@ -51,7 +51,8 @@ def parse_expression(raw: str, column: Column, source: Source, factor: float = 1
         return (f"case when regexp_full_match({raw}, {shape}) "
                 f"then cast(try_strptime({raw}, {quote_literal(source.date_format)}) as date) end")
     if column.kind == "time":
-        return (f"case when regexp_full_match({raw}, '[0-9]{{1,2}}:[0-9]{{2}}') "
+        # `HH:MM` to the letter (DTS §3): `9:30` is not the contract's shape, like `9h30`
+        return (f"case when regexp_full_match({raw}, '[0-9]{{2}}:[0-9]{{2}}') "
                 f"then cast(try_strptime({raw}, '%H:%M') as time) end")
     raise ValueError(f"unknown column kind {column.kind!r}")
 
