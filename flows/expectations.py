@@ -17,16 +17,20 @@ on each site that may hold an unexpected row, which gives each site its own coun
 100 sites one by one would cost minutes; batches of several sites keep it to seconds.)
 
 Great Expectations is imported inside the functions that need it: the import costs 8–12 s, and
-the CLI and the tests import `flows` eagerly. Analytics are off (`GX_ANALYTICS_ENABLED=false` from
-`flows.settings`, and `analytics_enabled=False` in the context's configuration); nothing here
-opens a socket, and the Data Docs are files.
+the CLI and the tests import `flows` eagerly. A run that has transfers to land calls `preload()`
+first, which imports it on a background thread while the transfers are read and validated (DuckDB
+and polars release the interpreter while they work), so the import is mostly hidden. Analytics
+are off (`GX_ANALYTICS_ENABLED=false` from `flows.settings`, and `analytics_enabled=False` in the
+context's configuration); nothing here opens a socket, and the Data Docs are files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -409,6 +413,25 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, query: str, parameters: dict[str
 
 # ---------------------------------------------------------------------------------------------
 # Great Expectations
+
+
+_preload: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Start importing Great Expectations on a daemon thread (once per process); wasted, not wrong,
+    if the run lands nothing. Python's import lock makes `_Validation` wait for an import still
+    running, and an import that failed here fails again, with its own error, where it is needed."""
+    global _preload
+    if _preload is None:
+        _preload = threading.Thread(target=_try_import_gx, name="preload-great-expectations", daemon=True)
+        _preload.start()
+
+
+def _try_import_gx() -> None:
+    # a failure here is reported by the import where it is needed
+    with contextlib.suppress(Exception):
+        import great_expectations.expectations.registry  # noqa: F401
 
 
 class _Validation:

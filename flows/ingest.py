@@ -98,6 +98,11 @@ def prior_status(con: duckdb.DuckDBPyConnection, source: str, transfer_id: str) 
     return row[0] if row else None
 
 
+def may_land(con: duckdb.DuckDBPyConnection, ref: TransferRef) -> bool:
+    """Whether `ingest_one` will try to land the folder: it has a manifest and no final status yet."""
+    return ref.has_manifest and prior_status(con, ref.source, ref.folder) not in FINAL_STATUSES
+
+
 def current_transfer(con: duckdb.DuckDBPyConnection, source: str) -> str | None:
     row = con.execute("select max(transfer_id) from ops.transfers where source = ? and status = 'LANDED'",
                       [source]).fetchone()

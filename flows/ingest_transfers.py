@@ -20,12 +20,13 @@ import flows  # noqa: F401 — offline settings before Prefect is imported
 from flows.artifacts import collect, create_artifacts
 from flows.derive import rebuild_marts, refresh_unblinded_marts
 from flows.discover import TransferRef, discover_transfers
-from flows.expectations import record_expectations, run_expectations
+from flows.expectations import preload, record_expectations, run_expectations
 from flows.ingest import (
     RunSummary,
     TransferReceipt,
     finish_run,
     ingest_one,
+    may_land,
     new_run_id,
     start_run,
     utc_now,
@@ -93,6 +94,8 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
         try:
             init_warehouse(con)
             start_run(con, summary)
+            if expectations and any(may_land(con, ref) for ref in discovery.transfers):
+                preload()
             try:
                 for ref in discovery.transfers:
                     summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))

@@ -16,7 +16,11 @@ anything of an arm are never read.
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +46,8 @@ QUARANTINED, FLAGGED = "quarantined record", "open flag"
 # Excel refuses a cell longer than this; a listing shows where it cut rather than break the file
 EXCEL_MAX_CELL = 32_767
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# queries of a run's listings from which two processes write them (see write_workbooks)
+PARALLEL_QUERIES = 20_000
 SAFE_FILE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 # XlsxWriter format properties; TEXT marks a cell as text for Excel (the quote prefix)
 HEADER = {"bold": True, "font_color": "#FFFFFF", "bg_color": "#305496", "pattern": 1}
@@ -141,25 +147,58 @@ def write_site_listings(con: duckdb.DuckDBPyConnection, out_dir: Path, *,
     `con` is a (read-only) connection to the published `kap.duckdb`. Returns the paths written,
     in site order. A handful of queries for all sites, then one pass per site: linear in sites and rows.
     With `sites`, only those sites' workbooks (and any missing one) are rewritten: a site's queries
-    change only when one of its transfers lands.
+    change only when one of its transfers lands, and the queries of the others are not even read.
     """
     generated_at = generated_at or datetime.now(UTC)
-    states, queries = read_site_queries(con)
+    states = site_states(con)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for site_id in sorted(states):
-        path = out_dir / f"{SAFE_FILE_NAME.sub('_', site_id)}.xlsx"
-        if sites is not None and site_id not in sites and path.exists():
-            continue
-        write_workbook(path, states[site_id], sort_queries(queries.get(site_id, [])), generated_at)
-        written.append(path)
-    return written
+    paths = {site_id: out_dir / f"{SAFE_FILE_NAME.sub('_', site_id)}.xlsx" for site_id in states}
+    due = sorted(s for s in states if sites is None or s in sites or not paths[s].exists())
+    queries = read_site_queries(con, due) if due else {}
+    write_workbooks([(paths[s], states[s], sort_queries(queries.get(s, []))) for s in due], generated_at)
+    return [paths[site_id] for site_id in due]
 
 
-def read_site_queries(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, SiteState], dict[str, list[Query]]]:
-    """Every site and its open queries, from the published warehouse."""
-    order = visit_order(con)
-    unscheduled = len(order)
+def write_workbooks(jobs: list[tuple[Path, SiteState, list[Query]]], generated_at: datetime) -> None:
+    """Every workbook of `jobs`. XlsxWriter is pure Python (~7 µs a cell, half of it assembling the
+    XML at close), so with many queries a second process (`python -m flows.listings`) writes half of
+    the sites while this one writes the others; below `PARALLEL_QUERIES` its start-up costs more."""
+    if (os.cpu_count() or 1) < 2 or len(jobs) < 2 or sum(len(q) for _, _, q in jobs) < PARALLEL_QUERIES:
+        for path, state, queries in jobs:
+            write_workbook(path, state, queries, generated_at)
+        return
+    mine, theirs = halves(jobs)
+    # a fresh interpreter, not a fork: the caller holds DuckDB and Prefect threads
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen([sys.executable, "-m", "flows.listings"], stdin=subprocess.PIPE, stderr=errors)
+        assert child.stdin is not None
+        with child.stdin:
+            pickle.dump((theirs, generated_at), child.stdin)
+        try:
+            for path, state, queries in mine:
+                write_workbook(path, state, queries, generated_at)
+        finally:
+            code = child.wait()
+        if code != 0:
+            errors.seek(0)
+            raise RuntimeError(f"writing the listings of {', '.join(s.site_id for _, s, _ in theirs)} failed "
+                               f"(exit status {code}):\n{errors.read().decode(errors='replace')[-3000:]}")
+
+
+def halves(jobs: list[tuple[Path, SiteState, list[Query]]]) -> tuple[list[tuple[Path, SiteState, list[Query]]],
+                                                                     list[tuple[Path, SiteState, list[Query]]]]:
+    """Two shares of about the same number of queries: the largest first, each to the lighter share."""
+    shares: tuple[list[tuple[Path, SiteState, list[Query]]], list[tuple[Path, SiteState, list[Query]]]] = ([], [])
+    sizes = [0, 0]
+    for job in sorted(jobs, key=lambda job: -len(job[2])):
+        lighter = 0 if sizes[0] <= sizes[1] else 1
+        shares[lighter].append(job)
+        sizes[lighter] += len(job[2]) + 1
+    return shares
+
+
+def site_states(con: duckdb.DuckDBPyConnection) -> dict[str, SiteState]:
+    """Every site of the warehouse (a source that delivered, or has open flags) and its current transfer."""
     randomization_sources = {s for s, src in load_registry().items() if not src.is_site}
     randomization_sources |= {s for (s,) in con.execute(
         "select distinct source from ops.transfers where format = 'iwrs'").fetchall()}
@@ -168,28 +207,31 @@ def read_site_queries(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, SiteSta
     sites = {s for (s,) in con.execute("select distinct source from ops.transfers").fetchall()}
     sites |= {s for (s,) in con.execute("select distinct site_id from ops.flags where status = 'OPEN'").fetchall()}
     sites -= randomization_sources
-    states = {s: SiteState(s, current.get(s)) for s in sites}
+    return {s: SiteState(s, current.get(s)) for s in sites}
 
+
+def read_site_queries(con: duckdb.DuckDBPyConnection, sites: Iterable[str]) -> dict[str, list[Query]]:
+    """The open queries of `sites`, from the published warehouse."""
+    order = visit_order(con)
+    unscheduled = len(order)
+    wanted = sorted(set(sites))
     queries: dict[str, list[Query]] = defaultdict(list)
-    cursor = con.execute(QUARANTINE_SQL.format(visit=quarantine_visit(con)))
+    cursor = con.execute(f"select * from ({QUARANTINE_SQL.format(visit=quarantine_visit(con))}) "
+                         "where site_id in (select unnest($sites))", {"sites": wanted})
     for (site_id, subject, visit, dataset, source_file, source_row, column, value, reason, message, first_seen,
          transfer_id) in cursor.fetchall():
-        if site_id not in states:
-            continue
         queries[site_id].append(Query(
             site_id=site_id, subject=subject, visit=visit, kind=QUARANTINED, form=f"{dataset} ({source_file})",
             line=source_row, field=column, value=value, rule=reason, message=message, first_seen=first_seen,
             query_id=f"Q:{transfer_id}:{source_file}:{source_row}:{column or ''}",
             visit_order=order.get(visit, unscheduled) if visit else -1))
-    for (flag_id, flag_type, site_id, subject, visit, dataset, detail, message,
-         first_seen) in con.execute(FLAGS_SQL).fetchall():
-        if site_id not in states:
-            continue
+    flags = con.execute(f"{FLAGS_SQL} and site_id in (select unnest($sites))", {"sites": wanted}).fetchall()
+    for flag_id, flag_type, site_id, subject, visit, dataset, detail, message, first_seen in flags:
         queries[site_id].append(Query(
             site_id=site_id, subject=subject, visit=visit, kind=FLAGGED, form=dataset or "", line=None,
             field=detail, value=None, rule=flag_type, message=message, first_seen=first_seen,
             query_id=f"F:{flag_id}", visit_order=order.get(visit, unscheduled) if visit else -1))
-    return states, queries
+    return queries
 
 
 def quarantine_visit(con: duckdb.DuckDBPyConnection) -> str:
@@ -217,6 +259,8 @@ def show(text: str) -> str:
     """Text as a cell shows it: control characters visible as escapes (an XML cell cannot hold most of
     them, and a CR would silently become a line feed), and cut with a note past Excel's cell limit
     (counted in UTF-16 units, as Excel counts: a character outside the BMP takes two)."""
+    if len(text) <= EXCEL_MAX_CELL // 2 and text.isprintable():
+        return text  # the common case, a C-speed test: no control character (each is unprintable), short
     text = CONTROL.sub(lambda m: {"\t": "\\t", "\r": "\\r", "\n": "\\n"}.get(m.group(), f"\\x{ord(m.group()):02x}"),
                        text)
     if len(text) > EXCEL_MAX_CELL // 2 and utf16_len(text) > EXCEL_MAX_CELL:
@@ -252,10 +296,10 @@ def write_workbook(path: Path, state: SiteState, queries: list[Query], generated
         with xlsxwriter.Workbook(str(partial), WORKBOOK_OPTIONS) as wb:
             write_queries(wb, state, [row_values(q) for q in queries])
             write_about(wb, state, queries, generated_at)
+        os.replace(partial, path)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)  # also when the rename failed: nothing half-done is left
         raise
-    os.replace(partial, path)
 
 
 def write_queries(wb: xlsxwriter.Workbook, state: SiteState, rows: list[list[str | int | None]]) -> None:
@@ -326,3 +370,10 @@ def write_text(ws: Worksheet, row: int, col: int, value: str, cell_format: Forma
         ws.write_string(row, col, show(value), cell_format)
     else:
         ws.write_blank(row, col, None, cell_format)
+
+
+if __name__ == "__main__":
+    # the second writer of write_workbooks: its share of the workbooks, pickled on stdin by the first
+    share, generated = pickle.load(sys.stdin.buffer)
+    for share_path, share_state, share_queries in share:
+        write_workbook(share_path, share_state, share_queries, generated)

@@ -262,3 +262,65 @@ def test_every_run_leaves_each_sites_workbook_and_rewrites_only_the_sites_that_l
     after = {p.name: p.stat().st_mtime_ns for p in (copy / "reports" / "queries").glob("*.xlsx")}
     assert set(after) == set(before)  # a missing workbook is written again
     assert {k: v for k, v in after.items() if k != "S03.xlsx"} == {k: v for k, v in before.items() if k != "S03.xlsx"}
+
+
+def workbook_cells(path: Path) -> list[list[list[object]]]:
+    return [[list(row) for row in ws.iter_rows(values_only=True)] for ws in load_workbook(path).worksheets]
+
+
+def test_two_writer_processes_write_the_same_workbooks_as_one(seeded: Path, listings: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listings_module, "PARALLEL_QUERIES", 0)
+    monkeypatch.setattr(listings_module.os, "cpu_count", lambda: 2)
+    con = connect(seeded, read_only=True)
+    try:
+        paths = write_site_listings(con, tmp_path, generated_at=GENERATED_AT)
+    finally:
+        con.close()
+    assert [p.name for p in paths] == [p.name for p in listings.values()]
+    for path in paths:
+        assert workbook_cells(path) == workbook_cells(listings[path.stem])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{s}.xlsx" for s in SITES]
+
+
+def test_a_failed_second_writer_fails_the_listings_with_its_error(seeded: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listings_module, "PARALLEL_QUERIES", 0)
+    monkeypatch.setattr(listings_module.os, "cpu_count", lambda: 2)
+    (tmp_path / "S01.xlsx").mkdir()  # the second writer's largest site cannot be renamed into place
+    con = connect(seeded, read_only=True)
+    try:
+        with pytest.raises((RuntimeError, OSError), match="S01"):
+            write_site_listings(con, tmp_path, generated_at=GENERATED_AT)
+    finally:
+        con.close()
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_halves_share_the_queries_evenly() -> None:
+    def job(site: str, n: int) -> tuple[Path, listings_module.SiteState, list[object]]:
+        return Path(site), listings_module.SiteState(site, None), [object()] * n
+
+    mine, theirs = listings_module.halves([job("a", 10), job("b", 6), job("c", 5), job("d", 1)])  # type: ignore[list-item]
+    assert sorted(s.site_id for _, s, _ in [*mine, *theirs]) == ["a", "b", "c", "d"]
+    assert abs(sum(len(q) for *_, q in mine) - sum(len(q) for *_, q in theirs)) <= 2
+
+
+def test_only_the_named_sites_are_rewritten_and_the_others_not_read(seeded: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    con = connect(seeded, read_only=True)
+    try:
+        write_site_listings(con, tmp_path, generated_at=GENERATED_AT)
+        read = []
+        original = listings_module.read_site_queries
+
+        def spy(con: duckdb.DuckDBPyConnection, sites: list[str]) -> dict[str, list[listings_module.Query]]:
+            read.append(sorted(sites))
+            return original(con, sites)
+
+        monkeypatch.setattr(listings_module, "read_site_queries", spy)
+        assert [p.stem for p in write_site_listings(con, tmp_path, sites={"S06"})] == ["S06"]
+        assert write_site_listings(con, tmp_path, sites=set()) == []
+    finally:
+        con.close()
+    assert read == [["S06"]]
