@@ -24,18 +24,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-from openpyxl import load_workbook
-from openpyxl.utils import get_column_letter
-from openpyxl.workbook.workbook import Workbook
-from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
 from flows.conform import quote_ident
 from flows.read import RECORD, ROW, RawDataset, check_dataset_header
 from flows.verify import Rejected, VerifiedTransfer
 from schemas.datasets import DATASETS, PERSONAL_DATA_COLUMNS, Dataset
+
+if TYPE_CHECKING:  # openpyxl is imported where a workbook is read: most runs read none
+    from openpyxl.workbook.workbook import Workbook
+    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
 WORKBOOK = "export.xlsx"
 # The parts every SpreadsheetML package has (ECMA-376: the content types and the workbook).
@@ -113,6 +114,8 @@ def _scan_member(file_name: str, archive: zipfile.ZipFile, member: zipfile.ZipIn
 @contextmanager
 def open_workbook(path: Path) -> Iterator[Workbook]:
     """The workbook in openpyxl's read-only, values-only mode; closed on the way out."""
+    from openpyxl import load_workbook
+
     try:
         workbook = load_workbook(path, read_only=True, data_only=True, keep_links=False)
     except Exception as exc:  # a malformed package fails in many ways inside openpyxl: never a crash
@@ -232,6 +235,8 @@ def _sheet_rows(sheet_title: str, worksheet: ReadOnlyWorksheet, **bounds: int) -
 
 def inspect_sheet(workbook: Workbook, dataset: Dataset, date_format: str) -> Sheet:
     """Check a sheet's header (row 1) against its dataset, as `flows.read.inspect_file` does a CSV header."""
+    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
+
     name = sheet_name(dataset)
     worksheet = workbook[name]
     if not isinstance(worksheet, ReadOnlyWorksheet):
@@ -312,6 +317,8 @@ def load_sheet(con: duckdb.DuckDBPyConnection, sheet: Sheet, table: str, date_fo
         flush()
     if records != expected:
         raise Rejected(f"{sheet.source_file} holds {records} data rows; the manifest says {expected}")
+    from openpyxl.utils import get_column_letter
+
     sheet.ignored += [f"column {get_column_letter(i + 1)} (no header)" for i in sorted(sheet.unnamed_with_values)]
     return records
 
