@@ -415,17 +415,14 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, query: str, parameters: dict[str
 # Great Expectations
 
 
-_preload: threading.Thread | None = None
-
-
-def preload() -> None:
+@cache
+def preload() -> threading.Thread:
     """Start importing Great Expectations on a daemon thread (once per process); wasted, not wrong,
     if the run lands nothing. Python's import lock makes `_Validation` wait for an import still
     running, and an import that failed here fails again, with its own error, where it is needed."""
-    global _preload
-    if _preload is None:
-        _preload = threading.Thread(target=_try_import_gx, name="preload-great-expectations", daemon=True)
-        _preload.start()
+    thread = threading.Thread(target=_try_import_gx, name="preload-great-expectations", daemon=True)
+    thread.start()
+    return thread
 
 
 def _try_import_gx() -> None:

@@ -89,6 +89,10 @@ class SiteState:
     current_transfer: str | None
 
 
+# one workbook to write: where, of which site, with its sorted queries
+Job = tuple[Path, SiteState, list[Query]]
+
+
 # Quarantined records of each source's newest LANDED transfer; a record is "first seen" in the
 # earliest landed transfer of the source that quarantined the same value for the same reason.
 QUARANTINE_SQL = """
@@ -159,7 +163,7 @@ def write_site_listings(con: duckdb.DuckDBPyConnection, out_dir: Path, *,
     return [paths[site_id] for site_id in due]
 
 
-def write_workbooks(jobs: list[tuple[Path, SiteState, list[Query]]], generated_at: datetime) -> None:
+def write_workbooks(jobs: list[Job], generated_at: datetime) -> None:
     """Every workbook of `jobs`. XlsxWriter is pure Python (~7 µs a cell, half of it assembling the
     XML at close), so with many queries a second process (`python -m flows.listings`) writes half of
     the sites while this one writes the others; below `PARALLEL_QUERIES` its start-up costs more."""
@@ -185,10 +189,9 @@ def write_workbooks(jobs: list[tuple[Path, SiteState, list[Query]]], generated_a
                                f"(exit status {code}):\n{errors.read().decode(errors='replace')[-3000:]}")
 
 
-def halves(jobs: list[tuple[Path, SiteState, list[Query]]]) -> tuple[list[tuple[Path, SiteState, list[Query]]],
-                                                                     list[tuple[Path, SiteState, list[Query]]]]:
+def halves(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
     """Two shares of about the same number of queries: the largest first, each to the lighter share."""
-    shares: tuple[list[tuple[Path, SiteState, list[Query]]], list[tuple[Path, SiteState, list[Query]]]] = ([], [])
+    shares: tuple[list[Job], list[Job]] = ([], [])
     sizes = [0, 0]
     for job in sorted(jobs, key=lambda job: -len(job[2])):
         lighter = 0 if sizes[0] <= sizes[1] else 1
