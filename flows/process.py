@@ -22,8 +22,8 @@ from flows.read_xlsx import read_dts_xlsx
 from flows.validate import (
     conflicting_duplicates_sql,
     malformed_findings,
+    model_findings_sql,
     quarantine_select,
-    run_model,
     unknown_subject_sql,
     unparseable_sql,
 )
@@ -80,7 +80,6 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(identity, rf.table)}")
     con.execute(f"create or replace temp table conf_{ds} as "
                 f"{conform_select(dataset, transfer.source, rf.columns, f'dedup_{ds}', rf.passthrough)}")
-    con.register(f"model_findings_{ds}", run_model(con, dataset, f"conf_{ds}"))
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
     # who may appear in a site's data: its own participants landing from the same transfer
     unknown = unknown_subject_sql(f"conf_{ds}", transfer.source.source_id, known_subjects,
@@ -89,14 +88,13 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     con.execute(f"""
         create or replace temp table findings_{ds} as
         {unparseable_sql(dataset, f'conf_{ds}')}
-        union all select * from model_findings_{ds}
+        union all select * from ({model_findings_sql(dataset, f'conf_{ds}')})
         {subjects}
         union all select * from ({conflicting_duplicates_sql(dataset, f'conf_{ds}')})""")
     con.execute(f"""
         create or replace temp table quarantine_{ds} as
         select * from ({quarantine_select(dataset, f'conf_{ds}', f'findings_{ds}')})
         union all select * from malformed_{ds}""")
-    con.unregister(f"model_findings_{ds}")
     con.unregister(f"malformed_{ds}")
     names = {c.name for c in dataset.columns}
     columns = ", ".join(quote_ident(c.name) for c in dataset.columns)

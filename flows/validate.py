@@ -1,84 +1,112 @@
 """Stage 5 — validate: every conformed record against its dataset's pandera model and the
 rules between records (DTS §3, §6), ending in one reason code per quarantined record.
 
-Row rules come from the pandera model of `schemas/datasets.py`, run on Arrow batches through
-its polars backend; rules across records (keys, known subjects) are DuckDB queries. Each
-finding is a (line, reason, column) candidate; a record keeps the first reason in the DTS §6
-order, and within it the first column of the dataset's column order.
+Row rules come from the pandera models of `schemas/datasets.py`, compiled to DuckDB SQL (`model_rules`):
+a built-in check from its name and statistics, a dataframe check from the SQL twin it carries. They
+run where the records are, one filtered scan per rule, instead of moving every record through
+pandera (the tests hold the SQL to pandera's verdict). Rules across records (keys, known subjects)
+are DuckDB queries too. Each finding is a (record, reason, column) candidate; a record keeps the
+first reason in the DTS §6 order, and within it the first column of the dataset's column order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import duckdb
-import pandera.polars as pa
-import polars as pl
-import pyarrow as pa_arrow
+from typing import Any
 
 from flows.conform import BAD, RAW, UNIT, quote_ident, quote_literal
 from flows.read import RECORD, ROW, MalformedRecord
 from schemas.datasets import REASON_ORDER, Dataset
 
-BATCH_ROWS = 1_000_000
-FINDING_SCHEMA = pa_arrow.schema([(RECORD, pa_arrow.int64()), ("reason_code", pa_arrow.string()),
-                                  ("column_name", pa_arrow.string()), ("detail", pa_arrow.string())])
 RANK = {reason: i for i, reason in enumerate(REASON_ORDER)}
 
 
+def _sql_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"no SQL literal for {value!r}")
+    return quote_literal(value) if isinstance(value, str) else repr(value)
+
+
+def _values(values: Any) -> str:
+    return "(" + ", ".join(_sql_value(v) for v in values) + ")"
+
+
+def _in_range(column: str, stats: dict[str, Any]) -> str:
+    low = ">=" if stats.get("include_min", True) else ">"
+    high = "<=" if stats.get("include_max", True) else "<"
+    return (f"{column} {low} {_sql_value(stats['min_value'])} and "
+            f"{column} {high} {_sql_value(stats['max_value'])}")
+
+
+def _str_matches(column: str, stats: dict[str, Any]) -> str:
+    # pandera anchors the pattern at the start, as `re.match` does
+    pattern = stats["pattern"] if stats["pattern"].startswith("^") else "^" + stats["pattern"]
+    return f"regexp_matches({column}, {quote_literal(pattern)})"
+
+
+# pandera's built-in checks as DuckDB predicates over a non-null value (pandera skips nulls).
+BUILTIN_SQL: dict[str, Callable[[str, dict[str, Any]], str]] = {
+    "in_range": _in_range,
+    "isin": lambda c, s: f"{c} in {_values(s['allowed_values'])}",
+    "notin": lambda c, s: f"{c} not in {_values(s['forbidden_values'])}",
+    "str_matches": _str_matches,
+    "greater_than": lambda c, s: f"{c} > {_sql_value(s['min_value'])}",
+    "greater_than_or_equal_to": lambda c, s: f"{c} >= {_sql_value(s['min_value'])}",
+    "less_than": lambda c, s: f"{c} < {_sql_value(s['max_value'])}",
+    "less_than_or_equal_to": lambda c, s: f"{c} <= {_sql_value(s['max_value'])}",
+    "equal_to": lambda c, s: f"{c} = {_sql_value(s['value'])}",
+    "not_equal_to": lambda c, s: f"{c} <> {_sql_value(s['value'])}",
+}
+
+
 @dataclass(frozen=True)
-class Finding:
-    record: int
+class Rule:
+    """One row rule of a model: the record fails it where `passes` is not true."""
+
     reason_code: str
     column_name: str
     detail: str
+    passes: str
+    # how pandera names a failure of this rule: (its column, or the model for a dataframe check; check)
+    pandera_case: tuple[str, str]
 
 
-def reason_of_failure(dataset: Dataset, schema_context: str, column: str, check: str) -> tuple[str, str]:
-    """(reason code, column) of one pandera failure case (see `schemas.datasets`)."""
-    if schema_context == "DataFrameSchema":
-        reason, _, target = check.partition(":")
-        if reason not in RANK or not target:
-            raise ValueError(f"dataframe check {check!r} of {dataset.name} is not named <REASON>:<column>")
-        return reason, target
-    if check == "not_nullable":
-        return "MISSING_REQUIRED", column
-    if check.startswith(("dtype(", "column_in_dataframe", "column_in_schema")):
-        raise RuntimeError(f"{dataset.name}.{column}: conformed data does not match its model ({check})")
-    metadata = dataset.model.to_schema().columns[column].metadata or {}
-    return metadata.get("reason", "OUT_OF_RANGE"), column
+def model_rules(dataset: Dataset) -> list[Rule]:
+    """Every row rule of the dataset's pandera model, as SQL over its conformed columns:
+    `not_nullable` means MISSING_REQUIRED; a built-in check OUT_OF_RANGE, or the reason in its
+    column's metadata; a dataframe check named `<REASON>:<column>` that reason for that column."""
+    schema = dataset.model.to_schema()
+    rules = []
+    for name, column in schema.columns.items():
+        ident = quote_ident(name)
+        if not column.nullable:
+            rules.append(Rule("MISSING_REQUIRED", name, "not_nullable", f"{ident} is not null", (name, "not_nullable")))
+        reason = (column.metadata or {}).get("reason", "OUT_OF_RANGE")
+        for check in column.checks:
+            if check.name not in BUILTIN_SQL:
+                raise ValueError(f"{dataset.name}.{name}: no SQL for pandera check {check.name!r}")
+            detail = check.error or check.name
+            predicate = BUILTIN_SQL[check.name](ident, check.statistics)
+            rules.append(Rule(reason, name, detail, f"{ident} is null or ({predicate})", (name, detail)))
+    for check in schema.checks:
+        reason, _, target = check.name.partition(":")
+        if reason not in RANK or target not in schema.columns:
+            raise ValueError(f"dataframe check {check.name!r} of {dataset.name} is not named <REASON>:<column>")
+        sql = (check.statistics or {}).get("sql")
+        if not sql:
+            raise ValueError(f"dataframe check {check.name!r} of {dataset.name} has no SQL twin (statistics['sql'])")
+        rules.append(Rule(reason, target, check.description or check.name, sql, (schema.name, check.name)))
+    return rules
 
 
-def model_findings(dataset: Dataset, batch: pl.DataFrame) -> list[Finding]:
-    """Row-rule findings of one batch of conformed records."""
-    try:
-        dataset.model.validate(batch, lazy=True)
-    except pa.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-    else:
-        return []
-    records = batch.get_column(RECORD)
-    rules = {c.name: c.description for c in dataset.model.to_schema().checks if c.description}
-    findings = []
-    for context, column, check, index in cases.select(
-            "schema_context", "column", "check", "index").iter_rows():
-        if index is None:
-            raise RuntimeError(f"{dataset.name}: table-level check {check!r} failed on {column}")
-        reason, target = reason_of_failure(dataset, context, column, check)
-        findings.append(Finding(int(records[index]), reason, target, rules.get(check, check)))
-    return findings
-
-
-def run_model(con: duckdb.DuckDBPyConnection, dataset: Dataset, conformed: str) -> pa_arrow.Table:
-    """Pandera over the conformed table, batch by batch, so memory stays flat."""
-    columns = ", ".join([RECORD] + [quote_ident(c.name) for c in dataset.columns])
-    reader = con.sql(f"select {columns} from {conformed}").to_arrow_reader(BATCH_ROWS)
-    findings: list[Finding] = []
-    for batch in reader:
-        findings += model_findings(dataset, pl.from_arrow(batch))
-    rows = [{RECORD: f.record, "reason_code": f.reason_code, "column_name": f.column_name, "detail": f.detail}
-            for f in findings]
-    return pa_arrow.Table.from_pylist(rows, schema=FINDING_SCHEMA)
+def model_findings_sql(dataset: Dataset, conformed: str) -> str:
+    """Findings (record, reason, column, detail) of every row rule: one filtered scan per rule."""
+    return "\nunion all\n".join(
+        f"select {RECORD}, {quote_literal(r.reason_code)} as reason_code, "
+        f"{quote_literal(r.column_name)} as column_name, {quote_literal(r.detail)} as detail "
+        f"from {conformed} where ({r.passes}) is not true"
+        for r in model_rules(dataset))
 
 
 def unparseable_sql(dataset: Dataset, conformed: str) -> str:

@@ -5,6 +5,11 @@ Every check's `name` starts with the DTS §6 reason code it raises, so validatio
 into quarantine records without a lookup table. Built-in range and code checks carry no name
 of their own and mean `OUT_OF_RANGE`; `not_nullable` means `MISSING_REQUIRED`. A dataframe
 check is named `<REASON>:<column>`, the column the data manager is pointed at.
+
+The pipeline runs these rules as DuckDB SQL compiled from the models (`flows/validate.py`): a
+built-in check from its name and statistics, a dataframe check from the SQL twin it carries in
+`statistics["sql"]` (a boolean, true where the record passes, never null). The tests hold the
+SQL to pandera's verdict on every rule.
 """
 
 from __future__ import annotations
@@ -61,7 +66,9 @@ DOSING_VISITS = _visits_of_kind("DOSING")
 ASSESSMENT_VISITS = sorted({v for spec in instruments().values() for v in spec["visits"]},
                            key=list(visits()).index)
 YN = ["Y", "N"]
-SUBJECT_PATTERN = r"^S\d{2}-\d{4}$"
+# [0-9], not \d: a Unicode digit (Arabic-Indic, full-width) is no digit of the DTS, and every
+# engine that runs these patterns (polars, DuckDB) must read them alike.
+SUBJECT_PATTERN = r"^S[0-9]{2}-[0-9]{4}$"
 # A column whose value checks mean "a visit or item the dataset does not have" (DTS §6).
 INVALID_VISIT = {"reason": "INVALID_VISIT"}
 
@@ -75,6 +82,28 @@ def _valid_instrument_rows(frame: pl.LazyFrame, rule: pl.Expr) -> pl.LazyFrame:
 def _instrument_lookup(attribute: str) -> pl.Expr:
     mapping = {name: spec[attribute] for name, spec in instruments().items()}
     return pl.col("instrument").replace_strict(mapping, default=None, return_dtype=pl.Int64)
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_codes(values: list[str]) -> str:
+    return "(" + ", ".join(_sql_text(v) for v in values) + ")"
+
+
+def _instrument_case_sql(then: dict[str, str]) -> str:
+    """`case instrument when <name> then <sql> … end`: null for an unknown instrument, like
+    `_instrument_lookup`."""
+    return "case instrument " + " ".join(f"when {_sql_text(i)} then {sql}" for i, sql in then.items()) + " end"
+
+
+def _instrument_lookup_sql(attribute: str) -> str:
+    return _instrument_case_sql({name: str(int(spec[attribute])) for name, spec in instruments().items()})
+
+
+def _dosing_value_present_sql(column: str) -> str:
+    return f"coalesce(not (visit in {_sql_codes(DOSING_VISITS)} and attended = 'Y'), true) or {column} is not null"
 
 
 class Participants(pa.DataFrameModel):
@@ -94,16 +123,19 @@ class Participants(pa.DataFrameModel):
     withdrawal_date: pl.Date = pa.Field(nullable=True, description="Date of withdrawal (if WITHDRAWN).")
     withdrawal_reason: str = pa.Field(nullable=True, description="Reason for withdrawal (if WITHDRAWN).")
 
-    @pa.dataframe_check(name="INCONSISTENT:consent_date", description="consent_date on or before screening_date")
+    @pa.dataframe_check(name="INCONSISTENT:consent_date", description="consent_date on or before screening_date",
+                        statistics={"sql": "coalesce(consent_date <= screening_date, true)"})
     def consent_on_or_before_screening(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select((pl.col("consent_date") <= pl.col("screening_date")).fill_null(True))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_date", description="withdrawal_date when WITHDRAWN")
+    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_date", description="withdrawal_date when WITHDRAWN",
+                        statistics={"sql": "coalesce(status <> 'WITHDRAWN', true) or withdrawal_date is not null"})
     def withdrawal_date_when_withdrawn(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("status") != "WITHDRAWN").fill_null(True) | pl.col("withdrawal_date").is_not_null())
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_reason", description="withdrawal_reason when WITHDRAWN")
+    @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_reason", description="withdrawal_reason when WITHDRAWN",
+                        statistics={"sql": "coalesce(status <> 'WITHDRAWN', true) or withdrawal_reason is not null"})
     def withdrawal_reason_when_withdrawn(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("status") != "WITHDRAWN").fill_null(True) | pl.col("withdrawal_reason").is_not_null())
@@ -120,7 +152,7 @@ class Sessions(pa.DataFrameModel):
     session_date: pl.Date = pa.Field(description="Date of the session.")
     start_time: pl.Time = pa.Field(description="Local start time HH:MM.")
     duration_min: int = pa.Field(in_range={"min_value": 5, "max_value": 600}, description="Minutes (5–600).")
-    therapist_id: str = pa.Field(str_matches=r"^T\d{3}$", description="Therapist code T + 3 digits.")
+    therapist_id: str = pa.Field(str_matches=r"^T[0-9]{3}$", description="Therapist code T + 3 digits.")
     attended: str = pa.Field(isin=YN, description="Whether the participant attended.")
     route: str = pa.Field(nullable=True, isin=["IV", "IM", "SL", "IN"], description="Route (dosing only).")
     dose_mg: float = pa.Field(nullable=True, gt=0, le=800, description="Blinded planned dose in mg (dosing only).")
@@ -129,19 +161,23 @@ class Sessions(pa.DataFrameModel):
     infusion_min: int = pa.Field(nullable=True, in_range={"min_value": 1, "max_value": 240},
                                  description="Infusion minutes (IV only).")
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:route", description="route at an attended dosing visit")
+    @pa.dataframe_check(name="MISSING_REQUIRED:route", description="route at an attended dosing visit",
+                        statistics={"sql": _dosing_value_present_sql("route")})
     def route_at_dosing(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(_dosing_value_present("route"))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:dose_mg", description="dose_mg at an attended dosing visit")
+    @pa.dataframe_check(name="MISSING_REQUIRED:dose_mg", description="dose_mg at an attended dosing visit",
+                        statistics={"sql": _dosing_value_present_sql("dose_mg")})
     def dose_at_dosing(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(_dosing_value_present("dose_mg"))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:weight_kg", description="weight_kg at an attended dosing visit")
+    @pa.dataframe_check(name="MISSING_REQUIRED:weight_kg", description="weight_kg at an attended dosing visit",
+                        statistics={"sql": _dosing_value_present_sql("weight_kg")})
     def weight_at_dosing(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(_dosing_value_present("weight_kg"))
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:infusion_min", description="infusion_min for IV dosing")
+    @pa.dataframe_check(name="MISSING_REQUIRED:infusion_min", description="infusion_min for IV dosing",
+                        statistics={"sql": "coalesce(route <> 'IV', true) or infusion_min is not null"})
     def infusion_when_iv(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("route") != "IV").fill_null(True) | pl.col("infusion_min").is_not_null())
@@ -168,7 +204,8 @@ class Vitals(pa.DataFrameModel):
     hr: int = pa.Field(in_range={"min_value": 20, "max_value": 250}, description="Heart rate bpm (20–250).")
     spo2: int = pa.Field(in_range={"min_value": 50, "max_value": 100}, description="Oxygen saturation % (50–100).")
 
-    @pa.dataframe_check(name="INCONSISTENT:dbp", description="dbp below sbp")
+    @pa.dataframe_check(name="INCONSISTENT:dbp", description="dbp below sbp",
+                        statistics={"sql": "coalesce(dbp < sbp, true)"})
     def dbp_below_sbp(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select((pl.col("dbp") < pl.col("sbp")).fill_null(True))
 
@@ -184,26 +221,34 @@ class AssessmentItems(pa.DataFrameModel):
                           description="Assessment visit of the schedule.")
     instrument: str = pa.Field(isin=list(instruments()), description="MADRS, PHQ9, GAD7, CADSS or CSSRS.")
     assessment_date: pl.Date = pa.Field(description="Date the instrument was administered.")
-    rater_id: str = pa.Field(nullable=True, str_matches=r"^R\d{3}$", description="Rater code (MADRS only).")
+    rater_id: str = pa.Field(nullable=True, str_matches=r"^R[0-9]{3}$", description="Rater code (MADRS only).")
     item: int = pa.Field(description="Item number within the instrument.")
     score: int = pa.Field(description="Item score, within the instrument's item range.")
 
-    @pa.dataframe_check(name="MISSING_REQUIRED:rater_id", description="rater_id for MADRS")
+    @pa.dataframe_check(name="MISSING_REQUIRED:rater_id", description="rater_id for MADRS",
+                        statistics={"sql": f"coalesce({_instrument_lookup_sql('rater_required')} <> 1, true) "
+                                           "or rater_id is not null"})
     def rater_for_madrs(cls, data: pa.PolarsData) -> pl.LazyFrame:
         required = _instrument_lookup("rater_required") == 1
         return data.lazyframe.select((~required).fill_null(True) | pl.col("rater_id").is_not_null())
 
-    @pa.dataframe_check(name="OUT_OF_RANGE:score", description="score within the instrument's item range")
+    @pa.dataframe_check(name="OUT_OF_RANGE:score", description="score within the instrument's item range",
+                        statistics={"sql": f"coalesce(score between {_instrument_lookup_sql('item_min')} "
+                                           f"and {_instrument_lookup_sql('item_max')}, true)"})
     def score_in_item_range(cls, data: pa.PolarsData) -> pl.LazyFrame:
         rule = pl.col("score").is_between(_instrument_lookup("item_min"), _instrument_lookup("item_max"))
         return _valid_instrument_rows(data.lazyframe, rule)
 
-    @pa.dataframe_check(name="INVALID_VISIT:item", description="an item number the instrument has")
+    @pa.dataframe_check(name="INVALID_VISIT:item", description="an item number the instrument has",
+                        statistics={"sql": f"coalesce(item between 1 and {_instrument_lookup_sql('items')}, true)"})
     def item_of_instrument(cls, data: pa.PolarsData) -> pl.LazyFrame:
         rule = pl.col("item").is_between(1, _instrument_lookup("items"))
         return _valid_instrument_rows(data.lazyframe, rule)
 
-    @pa.dataframe_check(name="INVALID_VISIT:visit", description="the instrument is taken at this visit")
+    @pa.dataframe_check(name="INVALID_VISIT:visit", description="the instrument is taken at this visit",
+                        statistics={"sql": "coalesce(" + _instrument_case_sql(
+                            {name: f"visit in {_sql_codes(spec['visits'])}" for name, spec in instruments().items()})
+                                           + ", true)"})
     def instrument_taken_at_visit(cls, data: pa.PolarsData) -> pl.LazyFrame:
         allowed = pl.lit(None, dtype=pl.Boolean)
         for name, spec in instruments().items():
@@ -233,7 +278,8 @@ class AdverseEvents(pa.DataFrameModel):
     action: str = pa.Field(isin=["NONE", "DOSE_REDUCED", "DOSE_INTERRUPTED", "DRUG_WITHDRAWN"],
                            description="Action taken with study treatment.")
 
-    @pa.dataframe_check(name="INCONSISTENT:end_date", description="end_date on or after onset_date")
+    @pa.dataframe_check(name="INCONSISTENT:end_date", description="end_date on or after onset_date",
+                        statistics={"sql": "coalesce(end_date >= onset_date, true)"})
     def end_on_or_after_onset(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select((pl.col("end_date") >= pl.col("onset_date")).fill_null(True))
 
@@ -245,12 +291,13 @@ class Randomization(pa.DataFrameModel):
     """The IWRS randomization list (DTS §5): the only unblinded data. Key: subject_id."""
 
     subject_id: str = pa.Field(str_matches=SUBJECT_PATTERN, description="The randomized participant.")
-    site_id: str = pa.Field(str_matches=r"^S\d{2}$", description="The participant's site.")
+    site_id: str = pa.Field(str_matches=r"^S[0-9]{2}$", description="The participant's site.")
     arm: str = pa.Field(isin=["KAP", "KET", "ACP"], description="Allocated arm: KAP, KET or ACP.")
     randomized_on: pl.Date = pa.Field(description="Date of randomization.")
     stratum: str = pa.Field(isin=["ECT", "NO_ECT"], description="Stratum: prior ECT or not.")
 
-    @pa.dataframe_check(name="INCONSISTENT:site_id", description="site_id is the subject's site")
+    @pa.dataframe_check(name="INCONSISTENT:site_id", description="site_id is the subject's site",
+                        statistics={"sql": "coalesce(split_part(subject_id, '-', 1) = site_id, true)"})
     def site_is_the_subjects_prefix(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
             (pl.col("subject_id").str.split("-").list.first() == pl.col("site_id")).fill_null(True))

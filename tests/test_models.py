@@ -1,14 +1,17 @@
-"""schemas/datasets.py and flows/validate.py: every row rule of the five pandera models, checked through
-`model_findings` for the DTS §6 reason code it raises (DTS §3, §6).
+"""schemas/datasets.py and flows/validate.py: every row rule of the six pandera models, checked for
+the DTS §6 reason code it raises (DTS §3, §5, §6).
 
-Each rule test validates one small batch: good records first, then bad ones, and asserts that
-exactly the bad records fail, each with exactly the rule's (reason, column). One batch per rule
-keeps the module fast (a pandera validation costs tens of milliseconds whatever its size).
+The pipeline runs the rules as SQL compiled from the models (`model_rules`); pandera itself is the
+oracle. Every rule test validates one small batch both ways, asserts that the SQL finds exactly what
+pandera finds, then that exactly the bad records fail, each with exactly the rule's (reason, column).
+One batch per rule keeps the module fast (a pandera validation costs tens of milliseconds whatever
+its size).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import random
+from collections.abc import Mapping, Sequence
 from datetime import date, time
 from typing import Any
 
@@ -18,29 +21,60 @@ import polars as pl
 import pytest
 
 from flows.read import RECORD
-from flows.validate import FINDING_SCHEMA, model_findings, reason_of_failure, run_model
-from schemas.datasets import DATASETS, REASON_ORDER
+from flows.validate import Rule, model_findings_sql, model_rules
+from schemas.datasets import DATASETS, RANDOMIZATION, Dataset
 from tests.helpers import GOOD_RECORDS
 
 POLARS_TYPES: dict[str, pl.DataType] = {"text": pl.String(), "integer": pl.Int64(), "decimal": pl.Float64(),
                                         "date": pl.Date(), "time": pl.Time()}
 DOSING_VISITS = ["D1", "D2", "D3", "D4", "D5", "D6"]
 SESSION_VISITS = ["PREP1", "PREP2", *DOSING_VISITS, "INT1", "INT2", "INT3", "INT4", "INT5", "INT6"]
+ALL_DATASETS: dict[str, Dataset] = {**DATASETS, RANDOMIZATION.name: RANDOMIZATION}
+GOOD = {**GOOD_RECORDS, "randomization": {"subject_id": "S01-0001", "site_id": "S01", "arm": "KAP",
+                                          "randomized_on": date(2026, 1, 12), "stratum": "NO_ECT"}}
 Change = Mapping[str, Any]
+Found = set[tuple[int, str, str, str]]  # (record, reason, column, detail)
 
 
 def frame(dataset: str, *changes: Change) -> pl.DataFrame:
     """Conformed records of `dataset`: the good record with each of `changes` applied, on lines 2, 3, ..."""
-    schema = {RECORD: pl.Int64(), **{c.name: POLARS_TYPES[c.kind] for c in DATASETS[dataset].columns}}
-    rows = [{RECORD: line, **GOOD_RECORDS[dataset], **change} for line, change in enumerate(changes, start=2)]
+    schema = {RECORD: pl.Int64(), **{c.name: POLARS_TYPES[c.kind] for c in ALL_DATASETS[dataset].columns}}
+    rows = [{RECORD: line, **GOOD[dataset], **change} for line, change in enumerate(changes, start=2)]
     return pl.DataFrame(rows, schema=schema)
 
 
+def pandera_found(dataset: Dataset, batch: pl.DataFrame) -> Found:
+    """What pandera finds in a batch, each failure named as the compiled rule it belongs to."""
+    try:
+        dataset.model.validate(batch, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+    else:
+        return set()
+    rules: dict[tuple[str, str], Rule] = {r.pandera_case: r for r in model_rules(dataset)}
+    records = batch.get_column(RECORD)
+    found = set()
+    for column, check, index in cases.select("column", "check", "index").iter_rows():
+        assert index is not None and (column, check) in rules, f"{dataset.name}: no rule for {column} {check}"
+        rule = rules[column, check]
+        found.add((int(records[index]), rule.reason_code, rule.column_name, rule.detail))
+    return found
+
+
+def sql_found(dataset: Dataset, batch: pl.DataFrame) -> Found:
+    with duckdb.connect() as con:
+        con.register("batch", batch.to_arrow())
+        return set(con.execute(model_findings_sql(dataset, "batch")).fetchall())
+
+
 def findings(dataset: str, *changes: Change) -> dict[int, set[tuple[str, str]]]:
-    """{line: {(reason, column)}} of the records with findings."""
+    """{line: {(reason, column)}} of the records with findings, where SQL and pandera agree."""
+    batch = frame(dataset, *changes)
+    by_sql = sql_found(ALL_DATASETS[dataset], batch)
+    assert by_sql == pandera_found(ALL_DATASETS[dataset], batch)
     found: dict[int, set[tuple[str, str]]] = {}
-    for f in model_findings(DATASETS[dataset], frame(dataset, *changes)):
-        found.setdefault(f.record, set()).add((f.reason_code, f.column_name))
+    for record, reason, column, _ in by_sql:
+        found.setdefault(record, set()).add((reason, column))
     return found
 
 
@@ -340,96 +374,150 @@ def test_every_finding_of_a_record_is_reported_with_its_line() -> None:
 
 def test_findings_carry_the_records_identity_not_its_position() -> None:
     batch = frame("vitals", {}, {"spo2": 49}).with_columns(pl.Series(RECORD, [17, 42]))
-    [finding] = model_findings(DATASETS["vitals"], batch)
-    assert (finding.record, finding.reason_code, finding.column_name) == (42, "OUT_OF_RANGE", "spo2")
+    assert sql_found(DATASETS["vitals"], batch) == {(42, "OUT_OF_RANGE", "spo2", "in_range(50, 100)")}
 
 
 def test_time_values_are_accepted_over_the_whole_day() -> None:
     assert findings("vitals", {"measured_time": time(0, 0)}, {"measured_time": time(23, 59)}) == {}
 
 
-# --- how pandera failures map to reasons ----------------------------------------------------------
+# --- randomization (DTS §5) ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dataset", list(DATASETS))
-def test_every_dataframe_check_is_named_reason_and_column(dataset: str) -> None:
-    model = DATASETS[dataset].model
-    columns = {c.name for c in DATASETS[dataset].columns}
+def test_randomization_site_other_than_the_subjects_prefix_is_inconsistent() -> None:
+    assert_rule("randomization", [{}, {"subject_id": "S12-0001", "site_id": "S12"}],
+                [{"site_id": "S02"}, {"subject_id": "S12-0001", "site_id": "S01"}], "INCONSISTENT", "site_id")
+
+
+def test_randomization_codes_outside_their_lists_are_out_of_range() -> None:
+    assert_rule("randomization", [{"arm": a} for a in ["KAP", "KET", "ACP"]], [{"arm": "PLACEBO"}, {"arm": "kap"}],
+                "OUT_OF_RANGE", "arm")
+    assert_rule("randomization", [{"stratum": "ECT"}], [{"stratum": "ect"}], "OUT_OF_RANGE", "stratum")
+
+
+def test_unicode_digits_are_not_digits_of_a_subject_or_rater_id() -> None:
+    assert_rule("participants", [{}], [{"subject_id": "S01-\u0660\u0661\u0662\u0663"},
+                                       {"subject_id": "S\uff10\uff11-0001"}], "OUT_OF_RANGE", "subject_id")
+    assert_rule("assessment_items", [{}], [{"rater_id": "R\u0661\u0662\u0663"}], "OUT_OF_RANGE", "rater_id")
+
+
+# --- the SQL agrees with pandera on many records at once ---------------------------------------------
+
+# Per column kind, values around every rule's edges, missing included.
+POOLS: dict[str, list[Any]] = {
+    "integer": [None, -1, 0, 1, 4, 5, 6, 7, 9, 10, 11, 19, 20, 23, 24, 49, 50, 100, 101, 119, 120, 130, 200, 240,
+                241, 250, 251, 300, 301, 600, 601, 1899, 1900, 1980, 2010, 2011],
+    "decimal": [None, -5.0, 0.0, 0.01, 29.99, 30.0, 72.5, 250.0, 250.01, 799.99, 800.0, 800.01],
+    "date": [None, date(2025, 12, 31), date(2026, 1, 5), date(2026, 1, 10), date(2026, 1, 12), date(2026, 6, 1)],
+    "time": [None, time(0, 0), time(9, 30), time(23, 59)],
+}
+TEXTS = [None, "", " ", "S01-0001", "S02-0001", "S01", "S02", "S01-001", "S01-\u0661\u0662\u0663\u0664", "T001",
+         "T01", "R001", "r001", "Y", "N", "y", "IV", "IM", "SL", "IN", "iv", "D1", "D6", "D7", "PREP1", "INT1", "SCR",
+         "BL", "D1P24", "W1", "W4", "W12", "MADRS", "PHQ9", "GAD7", "CADSS", "CSSRS", "HAMD", "WITHDRAWN",
+         "ENROLLED", "F", "M", "X", "PRE", "T40", "T120", "MILD", "SEVERE", "NOT_RELATED", "FATAL", "NONE",
+         "DRUG_WITHDRAWN", "KAP", "ACP", "ECT", "NO_ECT", "moved away"]
+
+
+@pytest.mark.parametrize("dataset", list(ALL_DATASETS))
+def test_sql_rules_find_what_pandera_finds_in_random_records(dataset: str) -> None:
+    # each record changes a few columns of the good one, so every rule is met on both sides
+    rng = random.Random(dataset)
+    columns = ALL_DATASETS[dataset].columns
+    changes = [{c.name: rng.choice(TEXTS if c.kind == "text" else POOLS[c.kind])
+                for c in columns if rng.random() < 0.4} for _ in range(3000)]
+    batch = frame(dataset, *changes)
+    found = sql_found(ALL_DATASETS[dataset], batch)
+    assert found == pandera_found(ALL_DATASETS[dataset], batch)
+    assert {rule for _, rule, _, _ in found} >= {"MISSING_REQUIRED", "OUT_OF_RANGE"}
+
+
+# --- how pandera's checks compile to rules ------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", list(ALL_DATASETS))
+def test_every_dataframe_check_is_a_rule_of_its_reason_and_column(dataset: str) -> None:
+    model = ALL_DATASETS[dataset].model
     names = [check.name for check in model.to_schema().checks]
-    assert names
+    rules = {r.pandera_case[1]: r for r in model_rules(ALL_DATASETS[dataset]) if r.pandera_case[0] == model.__name__}
+    assert names and sorted(rules) == sorted(names)
     for name in names:
         reason, _, column = name.partition(":")
-        assert reason in REASON_ORDER and column in columns, name
-        mapped = reason_of_failure(DATASETS[dataset], "DataFrameSchema", model.__name__, name)
-        assert mapped == (reason, column)
+        assert (rules[name].reason_code, rules[name].column_name) == (reason, column)
 
 
 @pytest.mark.parametrize(
     ("dataset", "column", "check", "expected"),
-    [("vitals", "sbp", "not_nullable", ("MISSING_REQUIRED", "sbp")),
-     ("vitals", "sbp", "in_range(50, 300)", ("OUT_OF_RANGE", "sbp")),
-     ("vitals", "visit", "isin(['D1'])", ("INVALID_VISIT", "visit")),
-     ("vitals", "timepoint", "isin(['PRE'])", ("OUT_OF_RANGE", "timepoint")),
-     ("assessment_items", "visit", "isin(['BL'])", ("INVALID_VISIT", "visit")),
-     ("sessions", "therapist_id", "str_matches('^T\\d{3}$')", ("OUT_OF_RANGE", "therapist_id"))],
+    [("vitals", "sbp", "not_nullable", "MISSING_REQUIRED"),
+     ("vitals", "sbp", "in_range", "OUT_OF_RANGE"),
+     ("vitals", "visit", "isin", "INVALID_VISIT"),
+     ("vitals", "timepoint", "isin", "OUT_OF_RANGE"),
+     ("assessment_items", "visit", "isin", "INVALID_VISIT"),
+     ("sessions", "therapist_id", "str_matches", "OUT_OF_RANGE")],
 )
-def test_column_check_maps_to_its_reason(dataset: str, column: str, check: str,
-                                         expected: tuple[str, str]) -> None:
-    assert reason_of_failure(DATASETS[dataset], "Column", column, check) == expected
+def test_column_check_maps_to_its_reason(dataset: str, column: str, check: str, expected: str) -> None:
+    [rule] = [r for r in model_rules(DATASETS[dataset])
+              if r.pandera_case[0] == column and r.pandera_case[1].startswith(check)]
+    assert (rule.reason_code, rule.column_name) == (expected, column)
 
 
-@pytest.mark.parametrize("check", ["consent_before_screening", "WRONG:consent_date", "INCONSISTENT:",
-                                   "INCONSISTENT"])
-def test_dataframe_check_not_named_reason_and_column_is_an_error(check: str) -> None:
+def one_check_model(check: pa.Check | None = None, **field: Any) -> Dataset:
+    """A dataset of one integer column `a`, with `field` options and an optional dataframe check."""
+    schema = pa.DataFrameSchema({"a": pa.Column(int, nullable=True, checks=list(
+        pa.Field(**field).column_properties(int)["checks"] or []))}, checks=[check] if check else [], name="One")
+
+    class One(pa.DataFrameModel):
+        @classmethod
+        def to_schema(cls) -> pa.DataFrameSchema:  # type: ignore[override]
+            return schema
+
+    return Dataset("one", "one.csv", One, ("a",))
+
+
+@pytest.mark.parametrize("name", ["consent_before_screening", "WRONG:a", "INCONSISTENT:", "INCONSISTENT",
+                                  "INCONSISTENT:b"])
+def test_dataframe_check_not_named_reason_and_column_is_an_error(name: str) -> None:
+    check = pa.Check(lambda data: data.lazyframe.select(pl.lit(True)), name=name, statistics={"sql": "true"})
     with pytest.raises(ValueError, match="is not named <REASON>:<column>"):
-        reason_of_failure(DATASETS["participants"], "DataFrameSchema", "Participants", check)
+        model_rules(one_check_model(check))
 
 
-@pytest.mark.parametrize("check", ["dtype('Int64')", "column_in_dataframe", "column_in_schema"])
-def test_conformed_data_not_matching_its_model_is_an_error(check: str) -> None:
-    with pytest.raises(RuntimeError, match="does not match its model"):
-        reason_of_failure(DATASETS["vitals"], "Column", "sbp", check)
+def test_dataframe_check_without_an_sql_twin_is_an_error() -> None:
+    check = pa.Check(lambda data: data.lazyframe.select(pl.lit(True)), name="INCONSISTENT:a")
+    with pytest.raises(ValueError, match="has no SQL twin"):
+        model_rules(one_check_model(check))
 
 
-def test_batch_of_the_wrong_type_is_an_error_not_a_finding() -> None:
-    with pytest.raises(RuntimeError, match="vitals"):
-        model_findings(DATASETS["vitals"], frame("vitals", {}).with_columns(pl.col("sbp").cast(pl.String)))
+def test_builtin_check_without_sql_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no SQL for pandera check 'str_length'"):
+        model_rules(one_check_model(str_length={"min_value": 1}))
 
 
-def test_batch_lacking_a_column_is_an_error_not_a_finding() -> None:
-    with pytest.raises(RuntimeError, match="vitals"):
-        model_findings(DATASETS["vitals"], frame("vitals", {}).drop("spo2"))
+@pytest.mark.parametrize("field", [
+    {"in_range": {"min_value": 2, "max_value": 5, "include_min": False, "include_max": False}},
+    {"in_range": {"min_value": 2, "max_value": 5}},
+    {"gt": 2}, {"ge": 2}, {"lt": 5}, {"le": 5}, {"eq": 3}, {"ne": 3},
+    {"isin": [1, 3]}, {"notin": [1, 3]},
+])
+def test_builtin_check_compiles_to_what_pandera_checks(field: dict[str, Any]) -> None:
+    dataset = one_check_model(**field)
+    batch = pl.DataFrame({RECORD: list(range(9)), "a": [None, 0, 1, 2, 3, 4, 5, 6, 7]},
+                         schema={RECORD: pl.Int64(), "a": pl.Int64()})
+    found = sql_found(dataset, batch)
+    assert found and found == pandera_found(dataset, batch)
+
+
+def test_pattern_without_an_anchor_matches_from_the_start_like_pandera() -> None:
+    class Codes(pa.DataFrameModel):
+        code: str = pa.Field(nullable=True, str_matches="[A-Z][0-9]")
+
+    dataset = Dataset("codes", "codes.csv", Codes, ("code",))
+    batch = pl.DataFrame({RECORD: [1, 2, 3, 4], "code": ["A1", "xA1", "A1x", None]})
+    # (pandera writes the anchor into the check's name as it validates: compare records only)
+    assert {f[0] for f in sql_found(dataset, batch)} == {f[0] for f in pandera_found(dataset, batch)} == {2}
 
 
 def test_models_are_pandera_polars_models() -> None:
-    assert all(issubclass(d.model, pa.DataFrameModel) for d in DATASETS.values())
+    assert all(issubclass(d.model, pa.DataFrameModel) for d in ALL_DATASETS.values())
 
 
-# --- run_model over a DuckDB table ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def con() -> Iterator[duckdb.DuckDBPyConnection]:
-    connection = duckdb.connect()
-    yield connection
-    connection.close()
-
-
-def store(con: duckdb.DuckDBPyConnection, table: str, records: pl.DataFrame) -> None:
-    """A conformed table in DuckDB, typed as conform leaves it."""
-    con.register("conformed_frame", records.to_arrow())
-    con.execute(f"create or replace temp table {table} as select * from conformed_frame")
-    con.unregister("conformed_frame")
-
-
-def test_run_model_returns_one_finding_row_per_failed_rule(con: duckdb.DuckDBPyConnection) -> None:
-    store(con, "conf_vitals", frame("vitals", {}, {"spo2": 101}, {"measured_time": None, "dbp": 130}))
-    table = run_model(con, DATASETS["vitals"], "conf_vitals")
-    assert table.schema == FINDING_SCHEMA
-    assert sorted((r[RECORD], r["reason_code"], r["column_name"]) for r in table.to_pylist()) == [
-        (3, "OUT_OF_RANGE", "spo2"), (4, "INCONSISTENT", "dbp"), (4, "MISSING_REQUIRED", "measured_time")]
-
-
-def test_run_model_of_clean_records_is_an_empty_findings_table(con: duckdb.DuckDBPyConnection) -> None:
-    store(con, "conf_ae", frame("adverse_events", {}, {"ae_id": "AE002", "end_date": None}))
-    table = run_model(con, DATASETS["adverse_events"], "conf_ae")
-    assert table.num_rows == 0
-    assert table.schema == FINDING_SCHEMA
+def test_model_findings_of_clean_records_are_none() -> None:
+    for name, dataset in ALL_DATASETS.items():
+        assert sql_found(dataset, frame(name, {})) == set(), name
