@@ -63,27 +63,35 @@ SQL_TYPES = {"text": "varchar", "integer": "bigint", "decimal": "double", "date"
 def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
                    passthrough: tuple[str, ...] = ()) -> str:
     """The `select` that turns the raw text table of one delivered dataset into conformed columns.
-    `passthrough` columns (lineage a format adds, such as a REDCap form status) are kept as they are."""
-    parts = [RECORD, ROW, "_copies", *(quote_ident(c) for c in passthrough)]
+    `passthrough` columns (lineage a format adds, such as a REDCap form status) are kept as they are.
+
+    Three layers, each computing a value once (DuckDB does not share a repeated expression): the
+    text with the site's missing codes as null, then the typed value parsed from it, then whether
+    a text failed to parse."""
+    keep = [RECORD, ROW, "_copies", *(quote_ident(c) for c in passthrough)]
+    texts, typed, columns = list(keep), list(keep), list(keep)
     for column in dataset.columns:
         delivered_name, factor = column.name, 1.0
         if column.name not in delivered and column.name in dataset.alternatives:
             alternative, alt_factor = dataset.alternatives[column.name]
             if alternative in delivered:
                 delivered_name, factor = alternative, alt_factor
+        name, raw = quote_ident(column.name), quote_ident(column.name + RAW)
         if delivered_name in delivered:
-            raw = missing_to_null(quote_ident(delivered_name), source.missing_values)
-            typed = parse_expression(raw, column, source, factor)
+            texts.append(f"{missing_to_null(quote_ident(delivered_name), source.missing_values)} as {raw}")
+            typed.append(f"{parse_expression(raw, column, source, factor)} as {name}")
         else:
-            raw, typed = "null::varchar", f"null::{SQL_TYPES[column.kind]}"
-        name = quote_ident(column.name)
-        parts += [
-            f"{typed} as {name}",
-            f"{raw} as {quote_ident(column.name + RAW)}",
-            f"({raw}) is not null and ({typed}) is null as {quote_ident(column.name + BAD)}",
+            texts.append(f"null::varchar as {raw}")
+            typed.append(f"null::{SQL_TYPES[column.kind]} as {name}")
+        typed.append(raw)
+        columns += [
+            name,
+            raw,
+            f"{raw} is not null and {name} is null as {quote_ident(column.name + BAD)}",
             f"{quote_literal(delivered_name)} as {quote_ident(column.name + UNIT)}",
         ]
-    return "select " + ",\n       ".join(parts) + f"\nfrom {table}"
+    return (f"select {', '.join(columns)}\nfrom (select {', '.join(typed)}\n"
+            f"      from (select {', '.join(texts)} from {table}))")
 
 
 def collapse_select(delivered: list[str], table: str) -> str:

@@ -2,7 +2,8 @@
 
 Nothing is interpreted here, so nothing can be lost in parsing: values stay the exact strings
 the site sent, each record keeps the line it starts on, and personal-data and unknown columns
-are never read into memory at all. Files stream through Arrow in batches.
+are never read into memory at all. Arrow parses a file whole, on every core, up to
+`WHOLE_FILE_BYTES`, and a larger one in streamed batches, so memory is bounded either way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -25,6 +27,10 @@ from schemas.datasets import PERSONAL_DATA_COLUMNS, Dataset, datasets_of
 ROW = "_row"  # the line (or sheet row) a record starts on: lineage
 RECORD = "_record"  # a delivered record's identity; one source row may hold several records
 BLOCK_SIZE = 16 << 20
+# A file up to this size is parsed whole, by all cores (4 MB blocks each); a larger one streams
+# block by block so that memory stays flat whatever a site sends.
+WHOLE_FILE_BYTES = 64 << 20
+WHOLE_FILE_BLOCK = 4 << 20
 HEADER_PEEK = 1 << 16
 
 
@@ -153,10 +159,13 @@ def _schema(columns: list[str]) -> pa.Schema:
     return pa.schema([(c, pa.string()) for c in columns] + [(ROW, pa.int64()), (RECORD, pa.int64())])
 
 
-def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
-    """Arrow's CSV reader, multi-threaded and streaming. Line numbers are exact only when every
-    record sits on one line; a malformed record stops it, and the caller falls back."""
-    malformed: list[int] = []
+def _line_numbers(first: int, count: int) -> pa.Array:
+    return pa.array(np.arange(first, first + count, dtype=np.int64))
+
+
+def _open_options(rf: ReadFile, block_size: int, malformed: list[int]) -> dict[str, object]:
+    """Arrow's reading of a dataset file: its dialect, its known columns as exact text, and a
+    record with the wrong number of fields noted (the caller falls back to the exact reader)."""
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         malformed.append(row.actual_columns)
@@ -164,24 +173,42 @@ def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
 
     # Arrow decodes UTF-8 natively (skipping a byte-order mark); other codecs go through Python.
     native = codecs.lookup(rf.encoding).name in ("utf-8", "utf-8-sig")
-    reader = pacsv.open_csv(
-        rf.path,
-        read_options=pacsv.ReadOptions(encoding="utf8" if native else rf.encoding, block_size=BLOCK_SIZE),
-        parse_options=pacsv.ParseOptions(delimiter=rf.delimiter, newlines_in_values=True,
-                                         invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(
+    return {
+        "read_options": pacsv.ReadOptions(encoding="utf8" if native else rf.encoding, block_size=block_size),
+        "parse_options": pacsv.ParseOptions(delimiter=rf.delimiter, newlines_in_values=True,
+                                            invalid_row_handler=on_invalid),
+        "convert_options": pacsv.ConvertOptions(
             column_types=dict.fromkeys(rf.columns, pa.string()),
             include_columns=rf.columns,
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
-    )
+    }
+
+
+def _read_whole(rf: ReadFile) -> pa.Table | None:
+    """Arrow's multi-threaded reader over the whole file. Line numbers are exact only when every
+    record sits on one line; None (and `needs_exact_lines`) when a record is malformed."""
+    malformed: list[int] = []
+    data = pacsv.read_csv(rf.path, **_open_options(rf, WHOLE_FILE_BLOCK, malformed))
+    if malformed:
+        rf.needs_exact_lines = True
+        return None
+    rf.records = data.num_rows
+    lines = _line_numbers(2, data.num_rows)  # the header is line 1
+    return pa.Table.from_arrays([*data.columns, lines, lines], schema=_schema(rf.columns))
+
+
+def _stream_fast(rf: ReadFile) -> Iterator[pa.RecordBatch]:
+    """Arrow's streaming reader, for a file too large to parse whole: as `_read_whole`, batch by batch."""
+    malformed: list[int] = []
+    reader = pacsv.open_csv(rf.path, **_open_options(rf, BLOCK_SIZE, malformed))
     line = 2  # the header is line 1
     for batch in reader:
         if malformed:
             rf.needs_exact_lines = True
             return
-        lines = pa.array(range(line, line + batch.num_rows), pa.int64())
+        lines = _line_numbers(line, batch.num_rows)
         yield pa.RecordBatch.from_arrays([*batch.columns, lines, lines], schema=_schema(rf.columns))
         line += batch.num_rows
     rf.needs_exact_lines = bool(malformed)
@@ -224,16 +251,23 @@ def _batch(rf: ReadFile, buffers: list[list[str]], lines: list[int]) -> pa.Recor
                                       schema=_schema(rf.columns))
 
 
+READ_ERRORS = (pa.ArrowInvalid, UnicodeDecodeError, csv.Error)
+
+
+def _read_error(rf: ReadFile, exc: Exception) -> str:
+    return (f"{rf.path.name} cannot be read as CSV in the declared dialect ({rf.encoding}, "
+            f"delimiter {rf.delimiter!r}): {exc}")
+
+
 def _guarded(rf: ReadFile, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Keep a read error for the caller: raised inside a scan, it would come back wrapped."""
     try:
         yield from batches
-    except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error) as exc:
-        rf.error = f"{rf.path.name} cannot be read as CSV in the declared dialect ({rf.encoding}, " \
-                   f"delimiter {rf.delimiter!r}): {exc}"
+    except READ_ERRORS as exc:
+        rf.error = _read_error(rf, exc)
 
 
-def _create_from(con: duckdb.DuckDBPyConnection, table: str, reader: pa.RecordBatchReader) -> None:
+def _create_from(con: duckdb.DuckDBPyConnection, table: str, reader: pa.RecordBatchReader | pa.Table) -> None:
     con.register(f"{table}_stream", reader)
     try:
         con.execute(f"create or replace temp table {table} as select * from {table}_stream")
@@ -242,7 +276,7 @@ def _create_from(con: duckdb.DuckDBPyConnection, table: str, reader: pa.RecordBa
 
 
 def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
-    """Stream the file into a DuckDB table of text columns plus `_row`, the line each record
+    """Read the file into a DuckDB table of text columns plus `_row`, the line each record
     starts on. One pass in the usual case; a second, exact pass only for files whose records
     span lines or break the header's shape."""
     if rf.physical_lines is None:
@@ -250,7 +284,15 @@ def load_file(con: duckdb.DuckDBPyConnection, rf: ReadFile, table: str) -> None:
         rf.physical_lines = newlines + (0 if trailing else 1)
     physical_lines = rf.physical_lines
     schema = _schema(rf.columns)
-    _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_fast(rf))))
+    if rf.path.stat().st_size <= WHOLE_FILE_BYTES:
+        try:
+            whole = _read_whole(rf)
+        except READ_ERRORS as exc:
+            rf.error, whole = _read_error(rf, exc), None
+        if whole is not None:
+            _create_from(con, table, whole)
+    else:
+        _create_from(con, table, pa.RecordBatchReader.from_batches(schema, _guarded(rf, _stream_fast(rf))))
     # Arrow cannot say where records start when they span lines, nor read some shapes that are
     # valid CSV (a header without a final newline): Python's reader decides those.
     if rf.error is not None or rf.needs_exact_lines or rf.records + 1 != physical_lines:

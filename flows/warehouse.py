@@ -162,7 +162,10 @@ def open_next(warehouse: Path) -> duckdb.DuckDBPyConnection:
     published = warehouse / DATABASE
     if published.exists():
         shutil.copyfile(published, draft / DATABASE)
-    return duckdb.connect(str(draft / DATABASE), config=dict(DUCKDB_CONFIG))
+    # The draft is private until sealed, and a killed run's draft is discarded: one checkpoint at
+    # the seal suffices. DuckDB's default (at 16 MB of log) checkpointed at nearly every transfer's
+    # commit, rewriting the changed blocks once per transfer.
+    return duckdb.connect(str(draft / DATABASE), config={**DUCKDB_CONFIG, "checkpoint_threshold": "1TB"})
 
 
 def seal_next(con: duckdb.DuckDBPyConnection, warehouse: Path) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from flows import read
 from flows.read import RECORD, ROW, MalformedRecord, ReadFile, inspect_file, load_file
 from flows.registry import Source
 from flows.verify import Rejected
@@ -17,6 +18,15 @@ from tests.helpers import csv_bytes, dataset_file, header_of, record_text, sourc
 AE = DATASETS["adverse_events"]
 AE_HEADER = ",".join(header_of("adverse_events"))
 S01, S02, S05 = source("S01"), source("S02"), source("S05")
+
+
+@pytest.fixture(autouse=True, params=["whole", "streamed"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test both ways: a file parsed whole (the usual size) and one streamed in batches (a
+    file over `WHOLE_FILE_BYTES`); both must read the same records with the same lines."""
+    if request.param == "streamed":
+        monkeypatch.setattr(read, "WHOLE_FILE_BYTES", -1)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
