@@ -145,6 +145,9 @@ def next_dir(warehouse: Path) -> Path:
     return warehouse / GENERATIONS / DRAFT
 
 
+DRAFT_LOG_BYTES = "256MB"
+
+
 def open_next(warehouse: Path) -> duckdb.DuckDBPyConnection:
     """The run's private copy of the published warehouse, the only database it writes.
 
@@ -162,10 +165,11 @@ def open_next(warehouse: Path) -> duckdb.DuckDBPyConnection:
     published = warehouse / DATABASE
     if published.exists():
         shutil.copyfile(published, draft / DATABASE)
-    # The draft is private until sealed, and a killed run's draft is discarded: one checkpoint at
-    # the seal suffices. DuckDB's default (at 16 MB of log) checkpointed at nearly every transfer's
-    # commit, rewriting the changed blocks once per transfer.
-    return duckdb.connect(str(draft / DATABASE), config={**DUCKDB_CONFIG, "checkpoint_threshold": "1TB"})
+    # The draft is private until sealed and a killed run's draft is discarded, so its log may grow
+    # past DuckDB's 16 MB before a checkpoint, at which nearly every transfer's commit checkpointed.
+    # The log's changes stay in memory until checkpointed: at 10 M item rows, 256 MB cut the
+    # commits from 7.7 s to 2.5 s for ~60 MB more peak RSS; no bound at all held ~200 MB more.
+    return duckdb.connect(str(draft / DATABASE), config={**DUCKDB_CONFIG, "checkpoint_threshold": DRAFT_LOG_BYTES})
 
 
 def seal_next(con: duckdb.DuckDBPyConnection, warehouse: Path) -> Path:
