@@ -22,12 +22,14 @@ from flows.derive import rebuild_marts, refresh_unblinded_marts
 from flows.discover import TransferRef, discover_transfers
 from flows.expectations import preload, record_expectations, run_expectations
 from flows.ingest import (
+    FINAL_STATUSES,
     RunSummary,
     TransferReceipt,
     finish_run,
     ingest_one,
     may_land,
     new_run_id,
+    prior_status,
     start_run,
     utc_now,
     writer_lock,
@@ -98,7 +100,12 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
                 preload()
             try:
                 for ref in discovery.transfers:
-                    summary.receipts.append(step(con, ref, registry[ref.source], warehouse, summary.run_id))
+                    # a folder already processed is answered from ops.transfers (DTS §2.1: it is not
+                    # processed again), not as a task run of its own: a nightly run that finds
+                    # nothing new costs no round trips to the Prefect API per folder
+                    settled = prior_status(con, ref.source, ref.folder) in FINAL_STATUSES
+                    summary.receipts.append((ingest_one if settled else step)(
+                        con, ref, registry[ref.source], warehouse, summary.run_id))
                 derive_seconds, expectations_seconds = 0.0, None
                 # marts derive from what landed: a run that landed nothing leaves them as they are
                 # (a change of a mart or of the study metadata is the `rebuild-marts` flow's)

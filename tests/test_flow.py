@@ -126,3 +126,26 @@ def test_prefects_logs_and_run_records_hold_no_arm_and_no_personal_data(
     assert summary.run_id in kept and "ingest-IWRS-" in kept  # the run and its task runs are there
     assert not re.search(r"\b(KAP|KET|ACP)\b", kept)
     assert not [v for v in report.phi_values if v in kept]
+
+
+def test_a_run_over_folders_already_processed_makes_no_task_run_for_them(
+        ingested: tuple[GenerationReport, RunSummary, Path]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.ingest_transfers import ingest_transfers
+
+    report, first, warehouse = ingested
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(KEY_ENV, "flow-test-key")
+        again = ingest_transfers(inbox=first.inbox, warehouse=str(warehouse))
+
+    async def task_runs(run_id: str) -> int:
+        async with get_client() as client:
+            of_run = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)]))
+            return len(await client.read_task_runs(flow_run_filter=of_run))
+
+    assert [(r.source, r.transfer_id, r.status) for r in again.receipts] == [
+        (r.source, r.transfer_id, "SKIPPED") for r in first.receipts]
+    assert asyncio.run(task_runs(first.run_id)) == len(report.transfers)
+    assert asyncio.run(task_runs(again.run_id)) == 0
