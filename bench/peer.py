@@ -2,7 +2,7 @@
 
 pandas `read_csv` of every delivered file in its site's dialect, the text parsed to types with
 vectorised pandas, a pandera (pandas API) `DataFrameModel` per dataset holding the same column and
-cross-field checks as `schemas/datasets.py` (types, required, codes, ranges, patterns, the rules
+cross-field checks as `schemas/models.py` (types, required, codes, ranges, patterns, the rules
 between columns), plus what the pipeline checks outside the models: identical duplicates collapsed,
 subjects of another site or not landing, records sharing a key. Valid rows and the rows that fail
 go to Parquet. No lineage beyond file and row, no reason precedence, no warehouse: it is the yardstick

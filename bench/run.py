@@ -8,7 +8,7 @@ through KAP_SOURCES), then measures, each in a fresh child process so that its p
   floor        DuckDB alone: every delivered CSV read in its site's dialect (delimiter, encoding,
                missing codes), all columns as text, copied to zstd Parquet; no validation
   peer         what a competent analyst would write instead (bench/peer.py): pandas `read_csv`,
-               vectorised parsing, pandera-pandas models with the checks of schemas/datasets.py,
+               vectorised parsing, pandera-pandas models with the checks of schemas/models.py,
                `to_parquet`
   pipeline     the ingest into an empty warehouse
   noop         the ingest again, with nothing new

@@ -1,7 +1,7 @@
 """The check catalogue and the data dictionary: what the pipeline enforces and what every table
 and column means, each from one source, for `ref.checks`, `COMMENT ON` and `docs/`.
 
-The rules of the pandera models are read from the models (schemas/datasets.py), so a rule added
+The rules of the pandera models are read from the models (schemas/models.py), so a rule added
 there is catalogued without another edit; the SQL rules and the flags are listed in
 schemas/checks.yaml. Column descriptions come from the models' fields for delivered columns
 and from schemas/dictionary.yaml for everything else.
@@ -22,7 +22,7 @@ from flows.settings import SCHEMAS_DIR
 from schemas.datasets import DATASETS, RANDOMIZATION, REASON_ORDER, Dataset
 
 # A built-in pandera check means OUT_OF_RANGE or, where the column says so, INVALID_VISIT
-# (see schemas/datasets.py); a value set or a pattern is a conformance rule, a bound a
+# (see schemas/models.py); a value set or a pattern is a conformance rule, a bound a
 # plausibility one.
 CONFORMANCE_CHECKS = frozenset({"isin", "str_matches", "notin"})
 REASON_CATEGORY = {
@@ -74,7 +74,7 @@ def describe_builtin(name: str, statistics: dict[str, Any]) -> str:
 def model_checks(dataset: Dataset) -> list[Check]:
     """Every rule of a dataset's pandera model, one entry per column and reason."""
     schema = dataset.model.to_schema()
-    model = f"schemas/datasets.py {dataset.model.__name__}"
+    model = f"schemas/models.py {dataset.model.__name__}"
     found: list[Check] = []
     kinds = {c.name: c.kind for c in dataset.columns}
     for name, kind in kinds.items():
@@ -247,9 +247,11 @@ def dictionary_markdown(con: duckdb.DuckDBPyConnection) -> str:
         lines.append("")
     lines += ["## Check catalogue (`ref.checks`)", "",
               "| check | kind | level | category | severity | description |", "|---|---|---|---|---|---|"]
+    # the catalogue as the warehouse holds it (`ref.checks`, in the order it was written)
+    checks = con.execute(f"select {', '.join(CHECK_COLUMNS)} from ref.checks order by rowid").fetchall()
     lines += [f"| `{c.check_id}` | {c.check_kind} | {c.level} | {c.category}"
               f"{'/' + c.subcategory if c.subcategory else ''} | {c.severity} | {_cell(c.description)} |"
-              for c in check_catalogue()]
+              for c in (Check(*row) for row in checks)]
     return "\n".join(lines) + "\n"
 
 

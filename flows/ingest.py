@@ -26,6 +26,7 @@ from flows.registry import SUPPORTED_FORMATS, Source
 from flows.settings import DUCKDB_CONFIG
 from flows.unblinded import UnblindedKeyError, passphrase_from_env, read_store
 from flows.verify import Rejected, check_identity, load_manifest, verify_transfer
+from flows.warehouse import layout_fingerprint
 
 LOCK_FILE = ".ingest.lock"
 FINAL_STATUSES = ("LANDED", "REJECTED", "DUPLICATE", "LATE")
@@ -226,8 +227,8 @@ def ingest_randomization(con: duckdb.DuckDBPyConnection, ref: TransferRef, sourc
 
 
 def start_run(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
-    con.execute("insert into ops.runs (run_id, started_at, status) values (?, ?, 'RUNNING')",
-                [summary.run_id, summary.started_at])
+    con.execute("insert into ops.runs (run_id, started_at, status, layout) values (?, ?, 'RUNNING', ?)",
+                [summary.run_id, summary.started_at, layout_fingerprint()])
 
 
 def finish_run(con: duckdb.DuckDBPyConnection, summary: RunSummary, status: str, message: str | None = None,

@@ -38,7 +38,7 @@ from flows.publish import publish
 from flows.registry import Source, load_registry
 from flows.settings import DEFAULT_WAREHOUSE
 from flows.verify import Rejected
-from flows.warehouse import DOCS, init_warehouse, open_next
+from flows.warehouse import DOCS, init_warehouse, is_current, open_next
 
 
 def transient_io_error(task: object, task_run: object, state: State) -> bool:
@@ -94,7 +94,10 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
     with writer_lock(warehouse):
         con = open_next(warehouse)
         try:
-            init_warehouse(con)
+            # a run that will land nothing in a warehouse this code built leaves its tables,
+            # reference data and comments as they are, and never needs the dataset models
+            if not is_current(con) or any(may_land(con, ref) for ref in discovery.transfers):
+                init_warehouse(con)
             start_run(con, summary)
             if expectations and any(may_land(con, ref) for ref in discovery.transfers):
                 preload()

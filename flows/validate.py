@@ -1,7 +1,7 @@
 """Stage 5 — validate: every conformed record against its dataset's pandera model and the
 rules between records (DTS §3, §6), ending in one reason code per quarantined record.
 
-Row rules come from the pandera models of `schemas/datasets.py`, compiled to DuckDB SQL (`model_rules`):
+Row rules come from the pandera models of `schemas/models.py`, compiled to DuckDB SQL (`model_rules`):
 a built-in check from its name and statistics, a dataframe check from the SQL twin it carries. They
 run where the records are, one filtered scan per rule, instead of moving every record through
 pandera (the tests hold the SQL to pandera's verdict). Rules across records (keys, known subjects)

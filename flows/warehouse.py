@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import astuple
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import yaml
 from flows.catalogue import CHECK_COLUMNS, check_catalogue, comment_tables
 from flows.conform import SQL_TYPES, quote_ident, quote_literal
 from flows.expectations import OPS_EXPECTATIONS_DDL
-from flows.settings import DUCKDB_CONFIG, SCHEMAS_DIR, SQL_DIR
+from flows.settings import DUCKDB_CONFIG, PROJECT_ROOT, SCHEMAS_DIR, SQL_DIR
 from schemas.datasets import DATASETS, Dataset, instruments, visits
 
 DATABASE = "kap.duckdb"
@@ -116,8 +118,13 @@ create table if not exists ops.runs (
     seconds_derive double,
     seconds_expectations double,
     message varchar,
+    layout varchar,
 );
 """
+# What gives the warehouse its shape and reference content: the study's schemas and models, the
+# SQL models, the table definitions and the check catalogue. Their fingerprint is recorded with
+# every run (`ops.runs.layout`).
+LAYOUT_SOURCES = (SCHEMAS_DIR, SQL_DIR, Path(__file__), PROJECT_ROOT / "flows" / "catalogue.py")
 
 
 def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -399,11 +406,36 @@ def create_staging_views(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"create or replace temp view stg_{dataset} as {read_model(f'staging/stg_{dataset}.sql')}")
 
 
+@cache
+def layout_fingerprint() -> str:
+    """sha256 over the files of `LAYOUT_SOURCES` (names and bytes), read once per process."""
+    digest = hashlib.sha256()
+    for root in LAYOUT_SOURCES:
+        for path in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def is_current(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the warehouse's last completed run had this code's layout: then every table,
+    column, reference table and comment `init_warehouse` would make is there as it would make it."""
+    try:
+        row = con.execute("select layout from ops.runs where status = 'COMPLETED' "
+                          "order by started_at desc limit 1").fetchone()
+    except duckdb.CatalogException:  # a new warehouse, or one from before runs recorded a layout
+        return False
+    except duckdb.BinderException:
+        return False
+    return row is not None and row[0] == layout_fingerprint()
+
+
 def init_warehouse(con: duckdb.DuckDBPyConnection) -> None:
     """Every table of the contract exists, empty if nothing has landed yet."""
     con.execute(OPS_DDL)
     # warehouses built before a column or table was added get it here
     con.execute("alter table ops.runs add column if not exists seconds_expectations double")
+    con.execute("alter table ops.runs add column if not exists layout varchar")
     con.execute(OPS_EXPECTATIONS_DDL)
     con.execute(f"create or replace view ops.current_transfers as {read_model('ops/current_transfers.sql')}")
     load_reference(con)

@@ -6,7 +6,7 @@ Import as `from tests.helpers import ...`. Plain functions and constants only:
   (`schemas/sources.yaml`), optionally with settings replaced, e.g. `source("S01", delimiter=";")`.
 - `GOOD_RECORDS`: one valid record per dataset (keyed by dataset name: "participants", "sessions",
   "vitals", "assessment_items", "adverse_events"), typed Python values (`date`, `time`, `int`,
-  `float`, `str`; `None` = no value). They pass every pandera model of `schemas/datasets.py`.
+  `float`, `str`; `None` = no value). They pass every pandera model of `schemas/models.py`.
 - `record_text(dataset, src, **changes)`: the good record as `src` delivers it (its date format,
   decimal separator and subject prefix, e.g. `S02-0001`); `changes` are exact texts to deliver.
 - `header_of(dataset)`: every column of the dataset, in model order.

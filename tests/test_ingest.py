@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from flows import ingest as ingest_module
+from flows import ingest_transfers as ingest_transfers_module
 from flows import land as land_module
+from flows import warehouse as warehouse_module
 from flows.ingest import WarehouseBusy, writer_lock
 from flows.ingest_transfers import run_ingest
-from flows.warehouse import connect
+from flows.warehouse import connect, layout_fingerprint
 from tests.helpers import dataset_file, dts_csv_files, header_of, record_text, source, write_transfer
 
 T1, T2, T3 = "20260601T020000Z", "20260701T020000Z", "20260801T020000Z"
@@ -189,6 +194,45 @@ def test_a_second_run_with_nothing_new_changes_nothing(tmp_path: Path) -> None:
                      "union all select count(*) from core.assessment_items union all select count(*) from ops.flags"
                  ) == before
     assert {p: p.stat().st_mtime_ns for p in (wh / "parquet").rglob("*.parquet")} == parquet
+
+
+def test_a_run_with_nothing_new_needs_no_dataset_model_and_records_its_layout(tmp_path: Path) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh, expectations=False)
+    dictionary = (wh / "docs" / "dictionary.md").read_text(encoding="utf-8")
+    # a fresh interpreter: this one imported the models long ago
+    script = ("import json, sys; from pathlib import Path; from flows.ingest_transfers import run_ingest; "
+              f"s = run_ingest(Path({str(inbox)!r}), Path({str(wh)!r})); "
+              "print(json.dumps([[r.status for r in s.receipts], s.run_id, "
+              "[m for m in ('pandera', 'polars', 'pandas') if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    receipts, run_id, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (receipts, imported) == (["SKIPPED"], [])
+    assert query(wh, "select status, layout from ops.runs where run_id = ?", [run_id]) == [
+        ("COMPLETED", layout_fingerprint())]
+    assert (wh / "docs" / "dictionary.md").read_text(encoding="utf-8") == dictionary
+
+
+def test_a_warehouse_is_initialised_when_a_transfer_lands_or_the_layout_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox, wh = tmp_path / "inbox", tmp_path / "wh"
+    initialised: list[str] = []
+    real_init = ingest_transfers_module.init_warehouse
+    monkeypatch.setattr(ingest_transfers_module, "init_warehouse",
+                        lambda con: (initialised.append("init"), real_init(con))[1])
+    write_transfer(inbox, "S01", T1)
+    run_ingest(inbox, wh, expectations=False)  # a new warehouse
+    run_ingest(inbox, wh, expectations=False)  # nothing new, same layout
+    write_transfer(inbox, "S01", T2)
+    run_ingest(inbox, wh, expectations=False)  # a transfer to land
+    assert initialised == ["init", "init"]
+    for module in (warehouse_module, ingest_module):
+        monkeypatch.setattr(module, "layout_fingerprint", lambda: "another layout")
+    run_ingest(inbox, wh, expectations=False)  # nothing new, but the code's layout changed
+    assert initialised == ["init", "init", "init"]
+    assert query(wh, "select layout from ops.runs order by started_at desc limit 1") == [("another layout",)]
 
 
 def test_a_failure_while_landing_rolls_the_whole_transfer_back(tmp_path: Path,

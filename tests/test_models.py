@@ -1,4 +1,4 @@
-"""schemas/datasets.py and flows/validate.py: every row rule of the six pandera models, checked for
+"""schemas/models.py and flows/validate.py: every row rule of the six pandera models, checked for
 the DTS §6 reason code it raises (DTS §3, §5, §6).
 
 The pipeline runs the rules as SQL compiled from the models (`model_rules`); pandera itself is the
