@@ -134,6 +134,10 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
     for ds in datasets:
         known = "valid_participants" if ds != "participants" and "participants" in datasets else None
         loads.append(validate_dataset(con, transfer, raw[ds], known))
+        # what lands and what is quarantined are made: the copies they were made from go now,
+        # not after landing, so that a transfer holds one copy of its records while it lands
+        for table in (raw[ds].table, f"dedup_{ds}", f"conf_{ds}", f"findings_{ds}"):
+            con.execute(f"drop table if exists {table}")
     seconds["validate"] = time.perf_counter() - start
     warnings = [*transfer.warnings, *(w for r in raw.values() for w in r.warnings())]
     return ProcessedTransfer(transfer, loads, warnings, dict(seconds))

@@ -235,6 +235,20 @@ def test_a_warehouse_is_initialised_when_a_transfer_lands_or_the_layout_changed(
     assert query(wh, "select layout from ops.runs order by started_at desc limit 1") == [("another layout",)]
 
 
+def test_a_processed_transfer_holds_only_what_lands_and_what_is_quarantined(tmp_path: Path) -> None:
+    from flows.process import process_transfer
+    from flows.verify import verify_transfer
+
+    ref = write_transfer(tmp_path / "inbox", "S01", T1)
+    with duckdb.connect() as con:
+        processed = process_transfer(con, verify_transfer(ref, source("S01")))
+        temp = {name for (name,) in con.execute("select table_name from duckdb_tables() where temporary")
+                .fetchall()}
+    datasets = [load.dataset for load in processed.loads]
+    # the text, collapsed and conformed copies are gone before landing: one copy of the records
+    assert temp == {f"{kind}_{ds}" for ds in datasets for kind in ("valid", "quarantine")}
+
+
 def test_a_failure_while_landing_rolls_the_whole_transfer_back(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     inbox, wh = tmp_path / "inbox", tmp_path / "wh"
