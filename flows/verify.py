@@ -22,7 +22,8 @@ from flows.discover import MANIFEST, TransferRef
 from flows.registry import Source
 from flows.settings import STUDY
 
-TRANSFER_ID = re.compile(r"^\d{8}T\d{6}Z$")
+# [0-9], not \d: Python's \d (and strptime) take the digits of every script
+TRANSFER_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 CHUNK = 1 << 20
 
 # The files each format requires, listed or not (DTS §2.1).
@@ -88,7 +89,7 @@ def check_identity(manifest: dict[str, Any], ref: TransferRef, source: Source) -
 
 
 def is_transfer_id(value: str) -> bool:
-    if not TRANSFER_ID.match(value):
+    if not TRANSFER_ID.fullmatch(value):
         return False
     try:
         datetime.strptime(value, "%Y%m%dT%H%M%SZ")

@@ -108,7 +108,11 @@ def test_manifest_naming_another_source_is_rejected(tmp_path: Path, other: str |
 
 @pytest.mark.parametrize("transfer_id", ["2026-11-27T02:00:00Z", "20261127T020000", "20261127t020000z",
                                          "20261127T0200Z", "x20261127T020000Z", 20261127020000,
-                                         "20261399T256199Z"])
+                                         "20261399T256199Z",
+                                         # digits of other scripts are no digits of a UTC time
+                                         "\u0662\u0660\u0662\u0666\u0661\u0661\u0662\u0667T"
+                                         "\u0660\u0662\u0660\u0660\u0660\u0660Z",
+                                         "2026112\uff17T020000Z"])
 def test_transfer_id_not_of_the_form_yyyymmddThhmmssZ_is_rejected(tmp_path: Path, transfer_id: Any) -> None:
     ref = write_transfer(tmp_path, "S01", folder=str(transfer_id),
                          manifest_changes={"transfer_id": transfer_id})
