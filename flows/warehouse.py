@@ -122,9 +122,10 @@ create table if not exists ops.runs (
 );
 """
 # What gives the warehouse its shape and reference content: the study's schemas and models, the
-# SQL models, the table definitions and the check catalogue. Their fingerprint is recorded with
-# every run (`ops.runs.layout`).
-LAYOUT_SOURCES = (SCHEMAS_DIR, SQL_DIR, Path(__file__), PROJECT_ROOT / "flows" / "catalogue.py")
+# SQL models, the table definitions (here and `ops.expectations`'s) and the check catalogue. Their
+# fingerprint is recorded with every run (`ops.runs.layout`).
+LAYOUT_SOURCES = (SCHEMAS_DIR, SQL_DIR, Path(__file__), PROJECT_ROOT / "flows" / "catalogue.py",
+                  PROJECT_ROOT / "flows" / "expectations.py")
 
 
 def connect(warehouse: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
