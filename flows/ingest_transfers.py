@@ -96,10 +96,14 @@ def run_ingest(inbox: Path, warehouse: Path, sources: list[str] | None = None, r
         try:
             # a run that will land nothing in a warehouse this code built leaves its tables,
             # reference data and comments as they are, and never needs the dataset models
-            if not is_current(con) or any(may_land(con, ref) for ref in discovery.transfers):
+            initialised = not is_current(con)
+            if initialised:
+                init_warehouse(con)
+            landing = any(may_land(con, ref) for ref in discovery.transfers)
+            if landing and not initialised:
                 init_warehouse(con)
             start_run(con, summary)
-            if expectations and any(may_land(con, ref) for ref in discovery.transfers):
+            if expectations and landing:
                 preload()
             try:
                 for ref in discovery.transfers:

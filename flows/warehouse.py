@@ -424,10 +424,8 @@ def is_current(con: duckdb.DuckDBPyConnection) -> bool:
     try:
         row = con.execute("select layout from ops.runs where status = 'COMPLETED' "
                           "order by started_at desc limit 1").fetchone()
-    except duckdb.CatalogException:  # a new warehouse, or one from before runs recorded a layout
-        return False
-    except duckdb.BinderException:
-        return False
+    except (duckdb.CatalogException, duckdb.BinderException):
+        return False  # a new warehouse, or one from before runs recorded a layout
     return row is not None and row[0] == layout_fingerprint()
 
 
