@@ -60,22 +60,27 @@ def parse_expression(raw: str, column: Column, source: Source, factor: float = 1
 SQL_TYPES = {"text": "varchar", "integer": "bigint", "decimal": "double", "date": "date", "time": "time"}
 
 
-def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
-                   passthrough: tuple[str, ...] = ()) -> str:
-    """The `select` that turns the raw text table of one delivered dataset into conformed columns.
-    `passthrough` columns (lineage a format adds, such as a REDCap form status) are kept as they are.
+def delivered_as(dataset: Dataset, column: Column, delivered: list[str]) -> tuple[str, float]:
+    """The delivered column a conformed column is read from, and the factor to its unit: the
+    column itself, else its registered alternative (weight_lb for weight_kg) when that came."""
+    if column.name not in delivered and column.name in dataset.alternatives:
+        alternative, factor = dataset.alternatives[column.name]
+        if alternative in delivered:
+            return alternative, factor
+    return column.name, 1.0
 
-    Three layers, each computing a value once (DuckDB does not share a repeated expression): the
-    text with the site's missing codes as null, then the typed value parsed from it, then whether
-    a text failed to parse."""
-    keep = [RECORD, ROW, "_copies", *(quote_ident(c) for c in passthrough)]
-    texts, typed, columns = list(keep), list(keep), list(keep)
+
+def typed_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
+                 passthrough: tuple[str, ...] = (), keep: tuple[str, ...] = (RECORD, ROW, "_copies")) -> str:
+    """The `select` of every conformed column typed (`<col>`) beside its text (`<col>__raw`, null
+    when the site's missing code was sent), over the raw text table of one delivered dataset.
+
+    Two layers, each computing a value once (DuckDB does not share a repeated expression): the
+    text with the site's missing codes as null, then the typed value parsed from it."""
+    kept = [*keep, *(quote_ident(c) for c in passthrough)]
+    texts, typed = list(kept), list(kept)
     for column in dataset.columns:
-        delivered_name, factor = column.name, 1.0
-        if column.name not in delivered and column.name in dataset.alternatives:
-            alternative, alt_factor = dataset.alternatives[column.name]
-            if alternative in delivered:
-                delivered_name, factor = alternative, alt_factor
+        delivered_name, factor = delivered_as(dataset, column, delivered)
         name, raw = quote_ident(column.name), quote_ident(column.name + RAW)
         if delivered_name in delivered:
             texts.append(f"{missing_to_null(quote_ident(delivered_name), source.missing_values)} as {raw}")
@@ -84,14 +89,27 @@ def conform_select(dataset: Dataset, source: Source, delivered: list[str], table
             texts.append(f"null::varchar as {raw}")
             typed.append(f"null::{SQL_TYPES[column.kind]} as {name}")
         typed.append(raw)
+    return f"select {', '.join(typed)}\nfrom (select {', '.join(texts)} from {table})"
+
+
+def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
+                   passthrough: tuple[str, ...] = (), keep: tuple[str, ...] = (RECORD, ROW, "_copies")) -> str:
+    """The `select` that turns the raw text table of one delivered dataset into conformed columns:
+    `typed_select`, and for every column whether a text failed to parse (`<col>__bad`) and the
+    delivered column it came from (`<col>__unit`). `passthrough` columns (lineage a format adds,
+    such as a REDCap form status) are kept as they are."""
+    columns = [*keep, *(quote_ident(c) for c in passthrough)]
+    for column in dataset.columns:
+        name, raw = quote_ident(column.name), quote_ident(column.name + RAW)
+        delivered_name, _ = delivered_as(dataset, column, delivered)
         columns += [
             name,
             raw,
             f"{raw} is not null and {name} is null as {quote_ident(column.name + BAD)}",
             f"{quote_literal(delivered_name)} as {quote_ident(column.name + UNIT)}",
         ]
-    return (f"select {', '.join(columns)}\nfrom (select {', '.join(typed)}\n"
-            f"      from (select {', '.join(texts)} from {table}))")
+    return (f"select {', '.join(columns)}\n"
+            f"from ({typed_select(dataset, source, delivered, table, passthrough, keep)})")
 
 
 def collapse_select(delivered: list[str], table: str) -> str:

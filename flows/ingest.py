@@ -105,9 +105,9 @@ def may_land(con: duckdb.DuckDBPyConnection, ref: TransferRef) -> bool:
 
 
 def current_transfer(con: duckdb.DuckDBPyConnection, source: str) -> str | None:
-    row = con.execute("select max(transfer_id) from ops.transfers where source = ? and status = 'LANDED'",
-                      [source]).fetchone()
-    return row[0] if row else None
+    ((transfer_id,),) = con.execute("select max(transfer_id) from ops.transfers where source = ? and status = 'LANDED'",
+                                    [source]).fetchall()
+    return transfer_id
 
 
 def ingest_one(con: duckdb.DuckDBPyConnection, ref: TransferRef, source: Source, warehouse: Path,

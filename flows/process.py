@@ -1,8 +1,9 @@
 """One verified transfer through read → conform → validate, ready to land.
 
 Plain functions over a DuckDB connection, callable without Prefect. The transfer's records end
-in two temporary tables per dataset: `valid_<dataset>` (what lands) and `quarantine_<dataset>`
-(what does not, one reason each). A `Rejected` raised anywhere means nothing of it may land.
+in two temporary tables per dataset: `checked_<dataset>` (every record once, with the first rule
+it fails), of which the view `valid_<dataset>` is what lands, and `quarantine_<dataset>` (what
+does not, one reason each). A `Rejected` raised anywhere means nothing of it may land.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
-from flows.conform import collapse_select, conform_select, quote_ident
+from flows.conform import collapse_select, conform_select, quote_ident, quote_literal, typed_select
 from flows.read import RECORD, ROW, RawDataset, read_csv_datasets
 from flows.read_redcap import SITE_GROUP, read_redcap
 from flows.read_xlsx import read_dts_xlsx
+from flows.registry import Source
 from flows.validate import (
     conflicting_duplicates_sql,
+    first_failure_sql,
     malformed_findings,
-    model_findings_sql,
     quarantine_select,
-    unknown_subject_sql,
-    unparseable_sql,
+    unknown_subject,
+    verdicts,
 )
 from flows.verify import VerifiedTransfer
-from flows.warehouse import create_valid_tables
+from flows.warehouse import drop_temporary, valid_shape
 from schemas.datasets import DATASETS, RANDOMIZATION, Dataset, datasets_of
 
 # Passthrough columns a format may add to its records, and the validated column each fills:
@@ -71,45 +73,69 @@ READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, VerifiedTransfer], dict[
 }
 
 
+def shared_key_records_sql(dataset: Dataset, source: Source, delivered: list[str], table: str) -> str:
+    """The `_record`s of `table` whose conformed key another record shares (a null key part counts
+    as a value): the only ones that may be identical copies or conflicting duplicates. Grouped by
+    a hash of the key; a collision only adds records to look at."""
+    typed = typed_select(dataset, source, delivered, table, keep=(RECORD,))
+    key = ", ".join(quote_ident(k) for k in dataset.key)
+    return f"""
+        with keyed as materialized (select {RECORD}, hash({key}) as _key from ({typed}))
+        select {RECORD} from keyed
+        where _key in (select _key from keyed group by _key having count(*) > 1)"""
+
+
 def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer, rf: RawDataset,
                      known_subjects: str | None) -> DatasetLoad:
-    """Conform and validate one loaded dataset; leaves `valid_<ds>` and `quarantine_<ds>` tables."""
+    """Conform and validate one loaded dataset; leaves the `quarantine_<ds>` table, and the
+    `valid_<ds>` view of the records of `checked_<ds>` that passed.
+
+    The records are read and typed once, by the statement that gives each its verdict. Before it,
+    only the few records sharing a key are looked at closely: identical ones collapse to the
+    first, different ones are conflicting duplicates."""
     dataset: Dataset = rf.dataset
-    ds = dataset.name
+    ds, source = dataset.name, transfer.source
     identity = [*rf.columns, *rf.passthrough]
-    con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(identity, rf.table)}")
-    con.execute(f"create or replace temp table conf_{ds} as "
-                f"{conform_select(dataset, transfer.source, rf.columns, f'dedup_{ds}', rf.passthrough)}")
-    con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
-    # who may appear in a site's data: its own participants landing from the same transfer
-    unknown = unknown_subject_sql(f"conf_{ds}", transfer.source.source_id, known_subjects,
-                                  site_group=SITE_GROUP in rf.passthrough)
-    subjects = f"union all select * from ({unknown})" if dataset.site_scoped else ""
     con.execute(f"""
-        create or replace temp table findings_{ds} as
-        {unparseable_sql(dataset, f'conf_{ds}')}
-        union all select * from ({model_findings_sql(dataset, f'conf_{ds}')})
-        {subjects}
-        union all select * from ({conflicting_duplicates_sql(dataset, f'conf_{ds}')})""")
+        create or replace temp table shared_{ds} as
+        select * from {rf.table}
+        where {RECORD} in ({shared_key_records_sql(dataset, source, rf.columns, rf.table)})""")
+    con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(identity, f'shared_{ds}')}")
+    survivors = f"({conform_select(dataset, source, rf.columns, f'dedup_{ds}', rf.passthrough)})"
+    con.execute(f"create or replace temp table conflicts_{ds} as {conflicting_duplicates_sql(dataset, survivors)}")
+    # who may appear in a site's data: its own participants landing from the same transfer
+    unknown, unknown_detail = unknown_subject(source.source_id, known_subjects, site_group=SITE_GROUP in rf.passthrough)
+    found = verdicts(dataset, unknown if dataset.site_scoped else None, f"conflicts_{ds}")
+    # a record collapsed into an identical one is neither checked nor landed: its first copy is
+    records = (f"(select * from {rf.table} where {RECORD} not in (select {RECORD} from shared_{ds} "
+               f"where {RECORD} not in (select {RECORD} from dedup_{ds})))")
+    typed = typed_select(dataset, source, rf.columns, records, rf.passthrough, keep=(RECORD, ROW))
+    kept = [RECORD, ROW, *(quote_ident(p) for p in rf.passthrough), *(quote_ident(c.name) for c in dataset.columns)]
+    con.execute(f"""
+        create or replace temp table checked_{ds} as
+        select {', '.join(kept)}, {first_failure_sql(found)} as _rule
+        from ({typed})""")
+    failed = (f"(select * from {rf.table} where {RECORD} in "
+              f"(select {RECORD} from checked_{ds} where _rule is not null))")
+    con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
     con.execute(f"""
         create or replace temp table quarantine_{ds} as
-        select * from ({quarantine_select(dataset, f'conf_{ds}', f'findings_{ds}')})
+        select * from ({quarantine_select(dataset, found, f'checked_{ds}',
+                                          conform_select(dataset, source, rf.columns, failed, rf.passthrough,
+                                                         keep=(RECORD, ROW)),
+                                          f'conflicts_{ds}', unknown_detail)})
         union all select * from malformed_{ds}""")
     con.unregister(f"malformed_{ds}")
-    names = {c.name for c in dataset.columns}
-    columns = ", ".join(quote_ident(c.name) for c in dataset.columns)
-    extras = "".join(f", {quote_ident(p) if p in rf.passthrough else 'null'} as {target}"
-                     for p, target in PASSTHROUGH.items())
-    site = "" if "site_id" in names else ", $site as site_id"
-    params = {"transfer": transfer.transfer_id, "file": rf.source_file}
-    if site:
-        params["site"] = transfer.source.source_id
-    con.execute(f"""
-        insert into valid_{ds} by name
-        select {columns}{extras}{site}, $transfer as transfer_id, $file as source_file, {ROW} as source_row
-        from conf_{ds}
-        where {RECORD} not in (select {RECORD} from quarantine_{ds} where {RECORD} is not null)""",
-                params)
+    # what lands is what passed, as a view: the records are not copied again before landing
+    values = {c.name: quote_ident(c.name) for c in dataset.columns}
+    values |= {target: quote_ident(p) if p in rf.passthrough else "null" for p, target in PASSTHROUGH.items()}
+    values |= {"transfer_id": quote_literal(transfer.transfer_id), "source_file": quote_literal(rf.source_file),
+               "source_row": ROW}
+    values.setdefault("site_id", quote_literal(source.source_id))
+    columns = ", ".join(f"cast({values[name]} as {kind}) as {quote_ident(name)}"
+                        for name, kind in valid_shape(dataset).items())
+    drop_temporary(con, f"valid_{ds}")
+    con.execute(f"create temp view valid_{ds} as select {columns} from checked_{ds} where _rule is null")
     landed = con.execute(f"select count(*) from valid_{ds}").fetchone()[0]
     collapsed = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone()[0]
     by_reason = Counter(dict(con.execute(
@@ -126,7 +152,6 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
     seconds: Counter[str] = Counter()
     start = time.perf_counter()
     datasets = datasets_of(transfer.format)
-    create_valid_tables(con, datasets.values())
     raw = READERS[transfer.format](con, transfer)
     seconds["read"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -134,9 +159,9 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
     for ds in datasets:
         known = "valid_participants" if ds != "participants" and "participants" in datasets else None
         loads.append(validate_dataset(con, transfer, raw[ds], known))
-        # what lands and what is quarantined are made: the copies they were made from go now,
-        # not after landing, so that a transfer holds one copy of its records while it lands
-        for table in (raw[ds].table, f"dedup_{ds}", f"conf_{ds}", f"findings_{ds}"):
+        # what lands (a view of `checked_<ds>`) and what is quarantined are made: the text they were
+        # made from goes now, not after landing, so that a transfer holds one copy of its records
+        for table in (raw[ds].table, f"shared_{ds}", f"dedup_{ds}", f"conflicts_{ds}"):
             con.execute(f"drop table if exists {table}")
     seconds["validate"] = time.perf_counter() - start
     warnings = [*transfer.warnings, *(w for r in raw.values() for w in r.warnings())]
@@ -146,5 +171,6 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
 def drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
     """The transfer's temporary tables, so the next transfer starts clean and memory is freed."""
     for ds in [*DATASETS, RANDOMIZATION.name]:
-        for prefix in ("raw", "dedup", "conf", "findings", "quarantine"):
+        drop_temporary(con, f"valid_{ds}")
+        for prefix in ("raw", "shared", "dedup", "conflicts", "checked", "quarantine"):
             con.execute(f"drop table if exists {prefix}_{ds}")

@@ -3,10 +3,13 @@ rules between records (DTS §3, §6), ending in one reason code per quarantined 
 
 Row rules come from the pandera models of `schemas/models.py`, compiled to DuckDB SQL (`model_rules`):
 a built-in check from its name and statistics, a dataframe check from the SQL twin it carries. They
-run where the records are, one filtered scan per rule, instead of moving every record through
-pandera (the tests hold the SQL to pandera's verdict). Rules across records (keys, known subjects)
-are DuckDB queries too. Each finding is a (record, reason, column) candidate; a record keeps the
-first reason in the DTS §6 order, and within it the first column of the dataset's column order.
+run where the records are instead of moving every record through pandera (the tests hold the SQL
+to pandera's verdict). Rules across records (keys, known subjects) are DuckDB queries too.
+
+Every way a record can fail is a `Verdict`, and the verdicts are ordered as DTS §6 chooses a
+record's one reason: by reason, then by the dataset's column order, then by the model's order of
+rules. One `case` over them (`first_failure_sql`) gives each record, in the same scan that types
+it, the index of the first verdict it fails; `quarantine_select` turns that into its reason.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flows.conform import BAD, RAW, UNIT, quote_ident, quote_literal
+from flows.conform import RAW, UNIT, quote_ident, quote_literal
 from flows.read import RECORD, ROW, MalformedRecord
 from schemas.datasets import REASON_ORDER, Dataset
 
@@ -109,29 +112,24 @@ def model_findings_sql(dataset: Dataset, conformed: str) -> str:
         for r in model_rules(dataset))
 
 
-def unparseable_sql(dataset: Dataset, conformed: str) -> str:
-    parts = [f"select {RECORD}, 'UNPARSEABLE' as reason_code, {quote_literal(c.name)} as column_name, "
-             f"{quote_literal(c.kind)} as detail from {conformed} where {quote_ident(c.name + BAD)}"
-             for c in dataset.columns]
-    return "\nunion all\n".join(parts)
-
-
-def unknown_subject_sql(conformed: str, source_id: str, known_subjects: str | None, site_group: bool = False) -> str:
-    """Subjects of another site (by their prefix, or a REDCap row's data access group), or
-    (outside participants) not landing from this transfer."""
+def unknown_subject(source_id: str, known_subjects: str | None, site_group: bool = False) -> tuple[str, str]:
+    """When a record's subject is unknown here, as SQL over its columns, and which way (its
+    detail): of another site (by the id's prefix, or a REDCap row's data access group), or
+    (outside participants) not among the participants landing from this transfer."""
     other_site = f"split_part(subject_id, '-', 1) <> {quote_literal(source_id)}"
     other_group = (f"coalesce(_site_group <> {quote_literal(source_id.lower())}, false)" if site_group
                    else "false")
     not_landing = "false" if known_subjects is None else f"subject_id not in (select subject_id from {known_subjects})"
+    fails = f"subject_id is not null and ({other_site} or {other_group} or {not_landing})"
     detail = (f"case when {other_site} then 'other site' when {other_group} then 'other group' "
               "else 'not landing' end")
-    return (f"select {RECORD}, 'UNKNOWN_SUBJECT', 'subject_id', {detail} from {conformed} "
-            f"where subject_id is not null and ({other_site} or {other_group} or {not_landing})")
+    return fails, detail
 
 
 def conflicting_duplicates_sql(dataset: Dataset, conformed: str) -> str:
-    """Records sharing a key with another, different record: all of them (DTS §6). Identical
-    records were collapsed before, so any two left with one key differ somewhere."""
+    """Records sharing a key with another, different record: all of them (DTS §6), with the first
+    column they differ in. Identical records were collapsed before, so any two left with one key
+    differ somewhere."""
     key = ", ".join(quote_ident(k) for k in dataset.key)
     not_null = " and ".join(f"{quote_ident(k)} is not null" for k in dataset.key)
     others = [c.name for c in dataset.columns if c.name not in dataset.key]
@@ -149,28 +147,69 @@ def conflicting_duplicates_sql(dataset: Dataset, conformed: str) -> str:
             from duplicated
             group by {key}
         )
-        select duplicated.{RECORD}, 'CONFLICTING_DUPLICATE', conflicts.column_name,
-               conflicts.copies::varchar || ' records share this key'
+        select duplicated.{RECORD}, conflicts.column_name,
+               conflicts.copies::varchar || ' records share this key' as detail
         from duplicated join conflicts using ({key})"""
 
 
-def quarantine_select(dataset: Dataset, conformed: str, findings: str) -> str:
-    """One quarantine record per record with findings: the first reason, then the first column."""
-    column_order = "case column_name " + " ".join(
-        f"when {quote_literal(c.name)} then {i}" for i, c in enumerate(dataset.columns)) + " else 999 end"
-    reason_rank = "case reason_code " + " ".join(
-        f"when {quote_literal(r)} then {i}" for r, i in RANK.items()) + " end"
-    value = "case findings.column_name " + " ".join(
+@dataclass(frozen=True)
+class Verdict:
+    """One way a record can fail, as SQL over `typed_select`'s columns."""
+
+    reason_code: str
+    # null where each failing record names its own (a conflicting duplicate's first difference)
+    column_name: str | None
+    # null where each failing record has its own (which way a subject is unknown, how many share a key)
+    detail: str | None
+    fails: str
+
+
+def verdicts(dataset: Dataset, unknown_subject: str | None, conflicts: str) -> list[Verdict]:
+    """Every way a record of the dataset can fail, in the order its one reason is chosen: the DTS
+    §6 order of reasons, then the dataset's column order, then the model's order of rules."""
+    found = [Verdict("UNPARSEABLE", c.name, c.kind,
+                     f"{quote_ident(c.name + RAW)} is not null and {quote_ident(c.name)} is null")
+             for c in dataset.columns]
+    found += [Verdict(r.reason_code, r.column_name, r.detail, f"({r.passes}) is not true")
+              for r in model_rules(dataset)]
+    if unknown_subject is not None:
+        found.append(Verdict("UNKNOWN_SUBJECT", "subject_id", None, unknown_subject))
+    found.append(Verdict("CONFLICTING_DUPLICATE", None, None, f"{RECORD} in (select {RECORD} from {conflicts})"))
+    position = {c.name: i for i, c in enumerate(dataset.columns)}
+    return sorted(found, key=lambda v: (RANK[v.reason_code], position.get(v.column_name or "", len(position))))
+
+
+def first_failure_sql(found: list[Verdict]) -> str:
+    """The index in `found` of the first verdict a record fails; null when it fails none."""
+    return "case " + " ".join(f"when {v.fails} then {i}" for i, v in enumerate(found)) + " end"
+
+
+def _literal_or_null(value: str | None) -> str:
+    return "null::varchar" if value is None else quote_literal(value)
+
+
+def quarantine_select(dataset: Dataset, found: list[Verdict], checked: str, conformed: str, conflicts: str,
+                      unknown_detail: str) -> str:
+    """One quarantine record per failed record of `checked` (its `_rule` the index of its first
+    verdict): the reason, the column as delivered, its value as delivered and the detail.
+    `conformed` is `conform_select` over at least the failed records."""
+    rows = ", ".join(f"({i}, {quote_literal(v.reason_code)}, {_literal_or_null(v.column_name)}, "
+                     f"{_literal_or_null(v.detail)})" for i, v in enumerate(found))
+    column = "coalesce(verdicts.column_name, conflicts.column_name)"
+    value = f"case {column} " + " ".join(
         f"when {quote_literal(c.name)} then conformed.{quote_ident(c.name + RAW)}" for c in dataset.columns) + " end"
-    unit = "case findings.column_name " + " ".join(
+    unit = f"case {column} " + " ".join(
         f"when {quote_literal(c.name)} then conformed.{quote_ident(c.name + UNIT)}" for c in dataset.columns) + " end"
     return f"""
-        select distinct on (findings.{RECORD})
-               findings.{RECORD}, conformed.{ROW} as source_row, findings.reason_code, {unit} as column_name,
-               {value} as value, findings.detail, findings.column_name as conformed_column, conformed.subject_id
-        from {findings} as findings
-        join {conformed} as conformed using ({RECORD})
-        order by findings.{RECORD}, {reason_rank}, {column_order}"""
+        select failed.{RECORD}, conformed.{ROW} as source_row, verdicts.reason_code, {unit} as column_name,
+               {value} as value,
+               case verdicts.reason_code when 'UNKNOWN_SUBJECT' then {unknown_detail}
+                    when 'CONFLICTING_DUPLICATE' then conflicts.detail else verdicts.detail end as detail,
+               {column} as conformed_column, conformed.subject_id
+        from (select {RECORD}, _rule from {checked} where _rule is not null) as failed
+        join (values {rows}) as verdicts(_rule, reason_code, column_name, detail) using (_rule)
+        join ({conformed}) as conformed using ({RECORD})
+        left join {conflicts} as conflicts using ({RECORD})"""
 
 
 def malformed_findings(records: list[MalformedRecord]) -> list[dict[str, object]]:

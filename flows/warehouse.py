@@ -391,15 +391,32 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], row
     con.execute(f"create or replace table {table} as select * from _incoming").fetchall()
 
 
+# what a landing record carries beside its dataset's columns (DTS §4)
+LINEAGE = {"form_status": "varchar", "delivered_total": "varchar", "site_id": "varchar",
+           "transfer_id": "varchar", "source_file": "varchar", "source_row": "bigint"}
+
+
+def valid_shape(dataset: Dataset) -> dict[str, str]:
+    """The columns and DuckDB types of `valid_<dataset>`: the shape validation hands to the staging models."""
+    columns = {c.name: SQL_TYPES[c.kind] for c in dataset.columns}
+    return columns | {name: kind for name, kind in LINEAGE.items() if name not in columns}
+
+
+def drop_temporary(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """The temporary table or view of that name, whichever it is (DuckDB drops each by its kind)."""
+    for (kind,) in con.execute("""
+            select 'view' from duckdb_views() where temporary and view_name = $name
+            union all select 'table' from duckdb_tables() where temporary and table_name = $name""",
+                               {"name": name}).fetchall():
+        con.execute(f"drop {kind} {quote_ident(name)}")
+
+
 def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset] = DATASETS.values()) -> None:
-    """Empty `valid_<dataset>` tables: the shape validation hands to the staging models."""
-    lineage = {"form_status": "varchar", "delivered_total": "varchar", "site_id": "varchar",
-               "transfer_id": "varchar", "source_file": "varchar", "source_row": "bigint"}
+    """Empty `valid_<dataset>` tables, so the staging models bind before anything is validated."""
     for dataset in datasets:
-        columns = {c.name: SQL_TYPES[c.kind] for c in dataset.columns}
-        columns |= {name: kind for name, kind in lineage.items() if name not in columns}
-        typed = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in columns.items())
-        con.execute(f"create or replace temp table valid_{dataset.name} ({typed})")
+        drop_temporary(con, f"valid_{dataset.name}")
+        typed = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in valid_shape(dataset).items())
+        con.execute(f"create temp table valid_{dataset.name} ({typed})")
 
 
 def create_staging_views(con: duckdb.DuckDBPyConnection) -> None:

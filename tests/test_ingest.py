@@ -98,6 +98,25 @@ def test_conflicting_duplicates_are_all_quarantined_and_identical_ones_collapse(
                                   "where dataset = 'sessions'") == [(3, 0, 2, 1)]
 
 
+def test_identical_records_collapse_whatever_their_key_and_the_typed_key_decides_conflicts(tmp_path: Path) -> None:
+    src = source("S01")
+
+    def item(**changes: str) -> dict[str, str]:
+        return record_text("assessment_items", src, **changes)
+
+    # item 1 and 01 are one key, different records; a missing or unreadable key does not keep
+    # identical records apart, and neither is a conflict
+    items = [item(), item(item="01"), item(item=""), item(item=""), item(item="x1"), item(item="x1")]
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(assessment_items=items))
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert query(tmp_path / "wh", "select source_row, column_name, value, reason_code from ops.quarantine "
+                                  "where dataset = 'assessment_items' order by 1") == [
+        (2, "item", "1", "CONFLICTING_DUPLICATE"), (3, "item", "01", "CONFLICTING_DUPLICATE"),
+        (4, "item", None, "MISSING_REQUIRED"), (6, "item", "x1", "UNPARSEABLE")]
+    assert query(tmp_path / "wh", "select delivered, landed, quarantined, duplicates_collapsed from ops.loads "
+                                  "where dataset = 'assessment_items'") == [(6, 0, 4, 2)]
+
+
 def test_weight_in_pounds_lands_in_kilograms(tmp_path: Path) -> None:
     src = source("S01")
     header = [("weight_lb" if c == "weight_kg" else c) for c in header_of("participants")]
@@ -244,9 +263,15 @@ def test_a_processed_transfer_holds_only_what_lands_and_what_is_quarantined(tmp_
         processed = process_transfer(con, verify_transfer(ref, source("S01")))
         temp = {name for (name,) in con.execute("select table_name from duckdb_tables() where temporary")
                 .fetchall()}
+        views = {name for (name,) in con.execute("select view_name from duckdb_views() where temporary")
+                 .fetchall()}
+        landing = con.execute("select count(*) from valid_assessment_items").fetchone()[0]
     datasets = [load.dataset for load in processed.loads]
-    # the text, collapsed and conformed copies are gone before landing: one copy of the records
-    assert temp == {f"{kind}_{ds}" for ds in datasets for kind in ("valid", "quarantine")}
+    # the text and the records sharing a key are gone before landing: one copy of the records,
+    # checked, of which what lands is a view
+    assert temp == {f"{kind}_{ds}" for ds in datasets for kind in ("checked", "quarantine")}
+    assert {f"valid_{ds}" for ds in datasets} <= views
+    assert landing == next(load.landed for load in processed.loads if load.dataset == "assessment_items") > 0
 
 
 def test_a_failure_while_landing_rolls_the_whole_transfer_back(tmp_path: Path,
