@@ -20,17 +20,19 @@ from flows.conform import collapse_select, conform_select, quote_ident, quote_li
 from flows.read import RECORD, ROW, RawDataset, read_csv_datasets
 from flows.read_redcap import SITE_GROUP, read_redcap
 from flows.read_xlsx import read_dts_xlsx
-from flows.registry import Source
+from flows.scratch import drop_temporaries, drop_temporary
 from flows.validate import (
+    conflict_index,
     conflicting_duplicates_sql,
     first_failure_sql,
     malformed_findings,
     quarantine_select,
+    shared_key_records_sql,
     unknown_subject,
     verdicts,
 )
 from flows.verify import VerifiedTransfer
-from flows.warehouse import drop_temporary, valid_shape
+from flows.warehouse import valid_shape
 from schemas.datasets import DATASETS, RANDOMIZATION, Dataset, datasets_of
 
 # Passthrough columns a format may add to its records, and the validated column each fills:
@@ -73,48 +75,41 @@ READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, VerifiedTransfer], dict[
 }
 
 
-def shared_key_records_sql(dataset: Dataset, source: Source, delivered: list[str], table: str) -> str:
-    """The `_record`s of `table` whose conformed key another record shares (a null key part counts
-    as a value): the only ones that may be identical copies or conflicting duplicates. Grouped by
-    a hash of the key; a collision only adds records to look at."""
-    typed = typed_select(dataset, source, delivered, table, keep=(RECORD,))
-    key = ", ".join(quote_ident(k) for k in dataset.key)
-    return f"""
-        with keyed as materialized (select {RECORD}, hash({key}) as _key from ({typed}))
-        select {RECORD} from keyed
-        where _key in (select _key from keyed group by _key having count(*) > 1)"""
-
-
 def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer, rf: RawDataset,
                      known_subjects: str | None) -> DatasetLoad:
     """Conform and validate one loaded dataset; leaves the `quarantine_<ds>` table, and the
     `valid_<ds>` view of the records of `checked_<ds>` that passed.
 
-    The records are read and typed once, by the statement that gives each its verdict. Before it,
-    only the few records sharing a key are looked at closely: identical ones collapse to the
-    first, different ones are conflicting duplicates."""
+    One statement types every record and gives it the first verdict it fails on its own. Then
+    only the few records sharing a key are looked at again: identical ones collapse to the first,
+    different ones are conflicting duplicates, which outranks what comes after it in DTS §6."""
     dataset: Dataset = rf.dataset
     ds, source = dataset.name, transfer.source
-    identity = [*rf.columns, *rf.passthrough]
-    con.execute(f"""
-        create or replace temp table shared_{ds} as
-        select * from {rf.table}
-        where {RECORD} in ({shared_key_records_sql(dataset, source, rf.columns, rf.table)})""")
-    con.execute(f"create or replace temp table dedup_{ds} as {collapse_select(identity, f'shared_{ds}')}")
-    survivors = f"({conform_select(dataset, source, rf.columns, f'dedup_{ds}', rf.passthrough)})"
-    con.execute(f"create or replace temp table conflicts_{ds} as {conflicting_duplicates_sql(dataset, survivors)}")
     # who may appear in a site's data: its own participants landing from the same transfer
     unknown, unknown_detail = unknown_subject(source.source_id, known_subjects, site_group=SITE_GROUP in rf.passthrough)
-    found = verdicts(dataset, unknown if dataset.site_scoped else None, f"conflicts_{ds}")
-    # a record collapsed into an identical one is neither checked nor landed: its first copy is
-    records = (f"(select * from {rf.table} where {RECORD} not in (select {RECORD} from shared_{ds} "
-               f"where {RECORD} not in (select {RECORD} from dedup_{ds})))")
-    typed = typed_select(dataset, source, rf.columns, records, rf.passthrough, keep=(RECORD, ROW))
+    found = verdicts(dataset, unknown if dataset.site_scoped else None)
+    typed = typed_select(dataset, source, rf.columns, rf.table, rf.passthrough, keep=(RECORD, ROW))
     kept = [RECORD, ROW, *(quote_ident(p) for p in rf.passthrough), *(quote_ident(c.name) for c in dataset.columns)]
     con.execute(f"""
         create or replace temp table checked_{ds} as
         select {', '.join(kept)}, {first_failure_sql(found)} as _rule
         from ({typed})""")
+    con.execute(f"""
+        create or replace temp table shared_{ds} as
+        select * from {rf.table}
+        where {RECORD} in ({shared_key_records_sql(dataset, f'checked_{ds}')})""")
+    con.execute(f"create or replace temp table dedup_{ds} as "
+                f"{collapse_select([*rf.columns, *rf.passthrough], f'shared_{ds}')}")
+    survivors = f"({conform_select(dataset, source, rf.columns, f'dedup_{ds}', rf.passthrough)})"
+    con.execute(f"create or replace temp table conflicts_{ds} as {conflicting_duplicates_sql(dataset, survivors)}")
+    # a record collapsed into an identical one is neither landed nor quarantined: its first copy is
+    con.execute(f"""
+        delete from checked_{ds}
+        where {RECORD} in (select {RECORD} from shared_{ds} anti join dedup_{ds} using ({RECORD}))""")
+    conflict = conflict_index(found)
+    con.execute(f"""
+        update checked_{ds} set _rule = {conflict}
+        where {RECORD} in (select {RECORD} from conflicts_{ds}) and coalesce(_rule, {conflict} + 1) > {conflict}""")
     failed = (f"(select * from {rf.table} where {RECORD} in "
               f"(select {RECORD} from checked_{ds} where _rule is not null))")
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
@@ -161,8 +156,7 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
         loads.append(validate_dataset(con, transfer, raw[ds], known))
         # what lands (a view of `checked_<ds>`) and what is quarantined are made: the text they were
         # made from goes now, not after landing, so that a transfer holds one copy of its records
-        for table in (raw[ds].table, f"shared_{ds}", f"dedup_{ds}", f"conflicts_{ds}"):
-            con.execute(f"drop table if exists {table}")
+        drop_temporaries(con, [raw[ds].table, f"shared_{ds}", f"dedup_{ds}", f"conflicts_{ds}"])
     seconds["validate"] = time.perf_counter() - start
     warnings = [*transfer.warnings, *(w for r in raw.values() for w in r.warnings())]
     return ProcessedTransfer(transfer, loads, warnings, dict(seconds))
@@ -170,7 +164,5 @@ def process_transfer(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer)
 
 def drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
     """The transfer's temporary tables, so the next transfer starts clean and memory is freed."""
-    for ds in [*DATASETS, RANDOMIZATION.name]:
-        drop_temporary(con, f"valid_{ds}")
-        for prefix in ("raw", "shared", "dedup", "conflicts", "checked", "quarantine"):
-            con.execute(f"drop table if exists {prefix}_{ds}")
+    drop_temporaries(con, [f"{prefix}_{ds}" for ds in [*DATASETS, RANDOMIZATION.name]
+                           for prefix in ("valid", "raw", "shared", "dedup", "conflicts", "checked", "quarantine")])

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from flows.registry import Source
+from flows.scratch import drop_temporary
 from flows.verify import Rejected, VerifiedTransfer, text_encoding
 from schemas.datasets import PERSONAL_DATA_COLUMNS, Dataset, datasets_of
 
@@ -267,10 +268,17 @@ def _guarded(rf: ReadFile, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Rec
         rf.error = _read_error(rf, exc)
 
 
-def _create_from(con: duckdb.DuckDBPyConnection, table: str, reader: pa.RecordBatchReader | pa.Table) -> None:
-    con.register(f"{table}_stream", reader)
+def _create_from(con: duckdb.DuckDBPyConnection, table: str, data: pa.RecordBatchReader | pa.Table) -> None:
+    """The records under the name `table`. A file read whole is registered as the Arrow table it
+    is, which DuckDB scans in place (a copy into a table of its own was a pass over every record);
+    a stream can be read only once, so it is copied into a temporary table."""
+    drop_temporary(con, table)
+    if isinstance(data, pa.Table):
+        con.register(table, data)
+        return
+    con.register(f"{table}_stream", data)
     try:
-        con.execute(f"create or replace temp table {table} as select * from {table}_stream")
+        con.execute(f"create temp table {table} as select * from {table}_stream")
     finally:
         con.unregister(f"{table}_stream")
 

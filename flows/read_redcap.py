@@ -37,6 +37,7 @@ from flows.read import (
     reject_duplicate_columns,
 )
 from flows.registry import Source
+from flows.scratch import drop_temporary
 from flows.settings import SCHEMAS_DIR
 from flows.verify import Rejected, VerifiedTransfer, text_encoding
 from schemas.datasets import DATASETS, PERSONAL_DATA_COLUMNS, instruments
@@ -499,5 +500,5 @@ def read_redcap(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer) -> d
                                    export.ignored if i == 0 else [], passthrough)
         return raw
     finally:
-        con.execute(f"drop table if exists {EXPORT_TABLE}")
+        drop_temporary(con, EXPORT_TABLE)
 

@@ -154,17 +154,19 @@ def conflicting_duplicates_sql(dataset: Dataset, conformed: str) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One way a record can fail, as SQL over `typed_select`'s columns."""
+    """One way a record can fail."""
 
     reason_code: str
     # null where each failing record names its own (a conflicting duplicate's first difference)
     column_name: str | None
     # null where each failing record has its own (which way a subject is unknown, how many share a key)
     detail: str | None
-    fails: str
+    # SQL over `typed_select`'s columns, true where the record fails; null for a verdict between
+    # records, which only the records that share a key can fail (conflicting duplicates)
+    fails: str | None
 
 
-def verdicts(dataset: Dataset, unknown_subject: str | None, conflicts: str) -> list[Verdict]:
+def verdicts(dataset: Dataset, unknown_subject: str | None) -> list[Verdict]:
     """Every way a record of the dataset can fail, in the order its one reason is chosen: the DTS
     §6 order of reasons, then the dataset's column order, then the model's order of rules."""
     found = [Verdict("UNPARSEABLE", c.name, c.kind,
@@ -174,14 +176,29 @@ def verdicts(dataset: Dataset, unknown_subject: str | None, conflicts: str) -> l
               for r in model_rules(dataset)]
     if unknown_subject is not None:
         found.append(Verdict("UNKNOWN_SUBJECT", "subject_id", None, unknown_subject))
-    found.append(Verdict("CONFLICTING_DUPLICATE", None, None, f"{RECORD} in (select {RECORD} from {conflicts})"))
+    found.append(Verdict("CONFLICTING_DUPLICATE", None, None, None))
     position = {c.name: i for i, c in enumerate(dataset.columns)}
     return sorted(found, key=lambda v: (RANK[v.reason_code], position.get(v.column_name or "", len(position))))
 
 
 def first_failure_sql(found: list[Verdict]) -> str:
-    """The index in `found` of the first verdict a record fails; null when it fails none."""
-    return "case " + " ".join(f"when {v.fails} then {i}" for i, v in enumerate(found)) + " end"
+    """The index in `found` of the first verdict a record fails on its own; null when it fails none."""
+    return "case " + " ".join(f"when {v.fails} then {i}" for i, v in enumerate(found) if v.fails) + " end"
+
+
+def conflict_index(found: list[Verdict]) -> int:
+    return next(i for i, v in enumerate(found) if v.reason_code == "CONFLICTING_DUPLICATE")
+
+
+def shared_key_records_sql(dataset: Dataset, checked: str) -> str:
+    """The `_record`s of `checked` whose typed key another record shares (a null key part counts
+    as a value): the only ones that may be identical copies or conflicting duplicates. Grouped by
+    a hash of the key; a collision only adds records to look at."""
+    key = ", ".join(quote_ident(k) for k in dataset.key)
+    return f"""
+        with keyed as materialized (select {RECORD}, hash({key}) as _key from {checked})
+        select {RECORD} from keyed
+        where _key in (select _key from keyed group by _key having count(*) > 1)"""
 
 
 def _literal_or_null(value: str | None) -> str:

@@ -24,6 +24,7 @@ import yaml
 from flows.catalogue import CHECK_COLUMNS, check_catalogue, comment_tables
 from flows.conform import SQL_TYPES, quote_ident, quote_literal
 from flows.expectations import OPS_EXPECTATIONS_DDL
+from flows.scratch import drop_temporary
 from flows.settings import DUCKDB_CONFIG, PROJECT_ROOT, SCHEMAS_DIR, SQL_DIR
 from schemas.datasets import DATASETS, Dataset, instruments, visits
 
@@ -400,15 +401,6 @@ def valid_shape(dataset: Dataset) -> dict[str, str]:
     """The columns and DuckDB types of `valid_<dataset>`: the shape validation hands to the staging models."""
     columns = {c.name: SQL_TYPES[c.kind] for c in dataset.columns}
     return columns | {name: kind for name, kind in LINEAGE.items() if name not in columns}
-
-
-def drop_temporary(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    """The temporary table or view of that name, whichever it is (DuckDB drops each by its kind)."""
-    for (kind,) in con.execute("""
-            select 'view' from duckdb_views() where temporary and view_name = $name
-            union all select 'table' from duckdb_tables() where temporary and table_name = $name""",
-                               {"name": name}).fetchall():
-        con.execute(f"drop {kind} {quote_ident(name)}")
 
 
 def create_valid_tables(con: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset] = DATASETS.values()) -> None:

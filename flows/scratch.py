@@ -1,0 +1,26 @@
+"""The temporary tables and views a transfer works in, on the run's connection.
+
+A transfer's records pass through temporary relations of fixed names (`raw_<dataset>`,
+`checked_<dataset>`, `valid_<dataset>`, …), some tables, some views, and an Arrow table registered
+with the connection is a view too. DuckDB drops each only by its own kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import duckdb
+
+
+def drop_temporaries(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None:
+    """The temporary tables and views of these names, whichever each is; a name that is neither is skipped."""
+    for kind, name in con.execute("""
+            select 'view', view_name from duckdb_views() where temporary and list_contains($names, view_name)
+            union all
+            select 'table', table_name from duckdb_tables() where temporary and list_contains($names, table_name)""",
+                                  {"names": list(names)}).fetchall():
+        con.execute(f"drop {kind} " + '"' + name.replace('"', '""') + '"')
+
+
+def drop_temporary(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    drop_temporaries(con, [name])
