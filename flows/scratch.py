@@ -14,12 +14,13 @@ import duckdb
 
 def drop_temporaries(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None:
     """The temporary tables and views of these names, whichever each is; a name that is neither is skipped."""
-    for kind, name in con.execute("""
-            select 'view', view_name from duckdb_views() where temporary and list_contains($names, view_name)
-            union all
-            select 'table', table_name from duckdb_tables() where temporary and list_contains($names, table_name)""",
-                                  {"names": list(names)}).fetchall():
-        con.execute(f"drop {kind} " + '"' + name.replace('"', '""') + '"')
+    for name in names:
+        relation = 'temp.main."' + name.replace('"', '""') + '"'
+        try:
+            con.execute(f"drop table if exists {relation}")
+        except duckdb.CatalogException:
+            # a view: asking the catalog first costs ten times the failed drop, on every name
+            con.execute(f"drop view {relation}")
 
 
 def drop_temporary(con: duckdb.DuckDBPyConnection, name: str) -> None:
