@@ -70,26 +70,35 @@ def delivered_as(dataset: Dataset, column: Column, delivered: list[str]) -> tupl
     return column.name, 1.0
 
 
+def texts_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
+                 passthrough: tuple[str, ...] = (), keep: tuple[str, ...] = (RECORD, ROW, "_copies")) -> str:
+    """The `select` of every conformed column's text as delivered (`<col>__raw`), null where the
+    site's missing code was sent or the column was not delivered, over the raw text table of one
+    delivered dataset."""
+    texts = [*keep, *(quote_ident(c) for c in passthrough)]
+    for column in dataset.columns:
+        delivered_name, _ = delivered_as(dataset, column, delivered)
+        raw = quote_ident(column.name + RAW)
+        texts.append(f"{missing_to_null(quote_ident(delivered_name), source.missing_values)} as {raw}"
+                     if delivered_name in delivered else f"null::varchar as {raw}")
+    return f"select {', '.join(texts)} from {table}"
+
+
 def typed_select(dataset: Dataset, source: Source, delivered: list[str], table: str,
                  passthrough: tuple[str, ...] = (), keep: tuple[str, ...] = (RECORD, ROW, "_copies")) -> str:
-    """The `select` of every conformed column typed (`<col>`) beside its text (`<col>__raw`, null
-    when the site's missing code was sent), over the raw text table of one delivered dataset.
+    """The `select` of every conformed column typed (`<col>`) beside its text (`<col>__raw`).
 
-    Two layers, each computing a value once (DuckDB does not share a repeated expression): the
-    text with the site's missing codes as null, then the typed value parsed from it."""
-    kept = [*keep, *(quote_ident(c) for c in passthrough)]
-    texts, typed = list(kept), list(kept)
+    Two layers, each computing a value once (DuckDB does not share a repeated expression):
+    `texts_select`, then the typed value parsed from each text."""
+    typed = [*keep, *(quote_ident(c) for c in passthrough)]
     for column in dataset.columns:
         delivered_name, factor = delivered_as(dataset, column, delivered)
         name, raw = quote_ident(column.name), quote_ident(column.name + RAW)
-        if delivered_name in delivered:
-            texts.append(f"{missing_to_null(quote_ident(delivered_name), source.missing_values)} as {raw}")
-            typed.append(f"{parse_expression(raw, column, source, factor)} as {name}")
-        else:
-            texts.append(f"null::varchar as {raw}")
-            typed.append(f"null::{SQL_TYPES[column.kind]} as {name}")
+        typed.append(f"{parse_expression(raw, column, source, factor)} as {name}" if delivered_name in delivered
+                     else f"null::{SQL_TYPES[column.kind]} as {name}")
         typed.append(raw)
-    return f"select {', '.join(typed)}\nfrom (select {', '.join(texts)} from {table})"
+    return (f"select {', '.join(typed)}\n"
+            f"from ({texts_select(dataset, source, delivered, table, passthrough, keep)})")
 
 
 def conform_select(dataset: Dataset, source: Source, delivered: list[str], table: str,

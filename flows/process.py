@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
-from flows.conform import collapse_select, conform_select, quote_ident, quote_literal, typed_select
+from flows.conform import collapse_select, delivered_as, quote_ident, quote_literal, texts_select, typed_select
 from flows.read import RECORD, ROW, RawDataset, read_csv_datasets
 from flows.read_redcap import SITE_GROUP, read_redcap
 from flows.read_xlsx import read_dts_xlsx
@@ -100,7 +100,7 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
         where {RECORD} in ({shared_key_records_sql(dataset, f'checked_{ds}')})""")
     con.execute(f"create or replace temp table dedup_{ds} as "
                 f"{collapse_select([*rf.columns, *rf.passthrough], f'shared_{ds}')}")
-    survivors = f"({conform_select(dataset, source, rf.columns, f'dedup_{ds}', rf.passthrough)})"
+    survivors = f"({typed_select(dataset, source, rf.columns, f'dedup_{ds}')})"
     con.execute(f"create or replace temp table conflicts_{ds} as {conflicting_duplicates_sql(dataset, survivors)}")
     # a record collapsed into an identical one is neither landed nor quarantined: its first copy is
     con.execute(f"""
@@ -116,9 +116,9 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     con.execute(f"""
         create or replace temp table quarantine_{ds} as
         select * from ({quarantine_select(dataset, found, f'checked_{ds}',
-                                          conform_select(dataset, source, rf.columns, failed, rf.passthrough,
-                                                         keep=(RECORD, ROW)),
-                                          f'conflicts_{ds}', unknown_detail)})
+                                          texts_select(dataset, source, rf.columns, failed, keep=(RECORD,)),
+                                          f'conflicts_{ds}', unknown_detail,
+                                          {c.name: delivered_as(dataset, c, rf.columns)[0] for c in dataset.columns})})
         union all select * from malformed_{ds}""")
     con.unregister(f"malformed_{ds}")
     # what lands is what passed, as a view: the records are not copied again before landing
