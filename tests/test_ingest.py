@@ -85,6 +85,24 @@ def test_a_record_keeps_the_first_reason_in_dts_order(tmp_path: Path) -> None:
         (2, "sbp", "UNPARSEABLE"), (3, "visit", "INVALID_VISIT")]
 
 
+def test_a_conflicting_duplicate_outranks_the_reasons_after_it_and_yields_to_those_before(tmp_path: Path) -> None:
+    src = source("S01")
+    # one key, three different records: dbp above sbp alone is INCONSISTENT, after
+    # CONFLICTING_DUPLICATE in DTS §6; an sbp of 400 is OUT_OF_RANGE, before it
+    vitals = [record_text("vitals", src, sbp="120", dbp="130"), record_text("vitals", src, sbp="120", dbp="80"),
+              record_text("vitals", src, sbp="400", dbp="80")]
+    write_transfer(tmp_path / "inbox", "S01", T1, s01_files(vitals=vitals))
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert query(tmp_path / "wh", "select source_row, column_name, reason_code, message from ops.quarantine "
+                                  "where dataset = 'vitals' order by 1") == [
+        (2, "sbp", "CONFLICTING_DUPLICATE",
+         "vitals.csv line 2, column sbp: 3 records share this key but differ (sbp is one difference)"),
+        (3, "sbp", "CONFLICTING_DUPLICATE",
+         "vitals.csv line 3, column sbp: 3 records share this key but differ (sbp is one difference)"),
+        (4, "sbp", "OUT_OF_RANGE",
+         "vitals.csv line 4, column sbp: '400' is outside the allowed values: in_range(50, 300)")]
+
+
 def test_conflicting_duplicates_are_all_quarantined_and_identical_ones_collapse(tmp_path: Path) -> None:
     src = source("S01")
     sessions = [record_text("sessions", src), record_text("sessions", src),
