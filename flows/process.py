@@ -38,6 +38,8 @@ from schemas.datasets import DATASETS, RANDOMIZATION, Dataset, datasets_of
 # Passthrough columns a format may add to its records, and the validated column each fills:
 # a REDCap form's status, and the total REDCap calculated for an assessment form.
 PASSTHROUGH = {"_form_status": "form_status", "_delivered_total": "delivered_total"}
+# the conflicts of a dataset in which no two records share a key
+NO_CONFLICTS = f"(select null::bigint as {RECORD}, null::varchar as column_name, null::varchar as detail limit 0)"
 QUARANTINE_SCHEMA = pa.schema([(RECORD, pa.int64()), ("source_row", pa.int64()), ("reason_code", pa.string()),
                                ("column_name", pa.string()), ("value", pa.string()), ("detail", pa.string()),
                                ("conformed_column", pa.string()), ("subject_id", pa.string())])
@@ -94,22 +96,26 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
         create or replace temp table checked_{ds} as
         select {', '.join(kept)}, {first_failure_sql(found)} as _rule
         from ({typed})""")
-    con.execute(f"""
+    ((shared,),) = con.execute(f"""
         create or replace temp table shared_{ds} as
         select * from {rf.table}
-        where {RECORD} in ({shared_key_records_sql(dataset, f'checked_{ds}')})""")
-    con.execute(f"create or replace temp table dedup_{ds} as "
-                f"{collapse_select([*rf.columns, *rf.passthrough], f'shared_{ds}')}")
-    survivors = f"({typed_select(dataset, source, rf.columns, f'dedup_{ds}')})"
-    con.execute(f"create or replace temp table conflicts_{ds} as {conflicting_duplicates_sql(dataset, survivors)}")
-    # a record collapsed into an identical one is neither landed nor quarantined: its first copy is
-    con.execute(f"""
-        delete from checked_{ds}
-        where {RECORD} in (select {RECORD} from shared_{ds} anti join dedup_{ds} using ({RECORD}))""")
-    conflict = conflict_index(found)
-    con.execute(f"""
-        update checked_{ds} set _rule = {conflict}
-        where {RECORD} in (select {RECORD} from conflicts_{ds}) and coalesce(_rule, {conflict} + 1) > {conflict}""")
+        where {RECORD} in ({shared_key_records_sql(dataset, f'checked_{ds}')})""").fetchall()
+    conflicts, collapsed = NO_CONFLICTS, 0
+    if shared:  # most deliveries: no key twice, and nothing more to do
+        con.execute(f"create or replace temp table dedup_{ds} as "
+                    f"{collapse_select([*rf.columns, *rf.passthrough], f'shared_{ds}')}")
+        (collapsed,) = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone() or (0,)
+        survivors = f"({typed_select(dataset, source, rf.columns, f'dedup_{ds}')})"
+        conflicts = f"conflicts_{ds}"
+        con.execute(f"create or replace temp table {conflicts} as {conflicting_duplicates_sql(dataset, survivors)}")
+        # a record collapsed into an identical one is neither landed nor quarantined: its first copy is
+        con.execute(f"""
+            delete from checked_{ds}
+            where {RECORD} in (select {RECORD} from shared_{ds} anti join dedup_{ds} using ({RECORD}))""")
+        conflict = conflict_index(found)
+        con.execute(f"""
+            update checked_{ds} set _rule = {conflict}
+            where {RECORD} in (select {RECORD} from {conflicts}) and coalesce(_rule, {conflict} + 1) > {conflict}""")
     failed = (f"(select * from {rf.table} where {RECORD} in "
               f"(select {RECORD} from checked_{ds} where _rule is not null))")
     con.register(f"malformed_{ds}", pa.Table.from_pylist(malformed_findings(rf.malformed), schema=QUARANTINE_SCHEMA))
@@ -117,7 +123,7 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
         create or replace temp table quarantine_{ds} as
         select * from ({quarantine_select(dataset, found, f'checked_{ds}',
                                           texts_select(dataset, source, rf.columns, failed, keep=(RECORD,)),
-                                          f'conflicts_{ds}', unknown_detail,
+                                          conflicts, unknown_detail,
                                           {c.name: delivered_as(dataset, c, rf.columns)[0] for c in dataset.columns})})
         union all select * from malformed_{ds}""")
     con.unregister(f"malformed_{ds}")
@@ -132,7 +138,6 @@ def validate_dataset(con: duckdb.DuckDBPyConnection, transfer: VerifiedTransfer,
     drop_temporary(con, f"valid_{ds}")
     con.execute(f"create temp view valid_{ds} as select {columns} from checked_{ds} where _rule is null")
     landed = con.execute(f"select count(*) from valid_{ds}").fetchone()[0]
-    collapsed = con.execute(f"select coalesce(sum(_copies), 0) from dedup_{ds}").fetchone()[0]
     by_reason = Counter(dict(con.execute(
         f"select reason_code, count(*) from quarantine_{ds} group by 1").fetchall()))
     load = DatasetLoad(ds, rf.source_file, rf.records, landed, sum(by_reason.values()), int(collapsed), by_reason)
