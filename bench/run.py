@@ -270,7 +270,9 @@ def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    # results written by earlier runs of the same session do not make the measured code dirty
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--", ".", ":(exclude)bench/results", ":(exclude)bench/work"))}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
