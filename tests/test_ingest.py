@@ -13,6 +13,7 @@ import pytest
 from flows import ingest as ingest_module
 from flows import ingest_transfers as ingest_transfers_module
 from flows import land as land_module
+from flows import read as read_module
 from flows import warehouse as warehouse_module
 from flows.ingest import WarehouseBusy, writer_lock
 from flows.ingest_transfers import run_ingest
@@ -133,6 +134,36 @@ def test_identical_records_collapse_whatever_their_key_and_the_typed_key_decides
         (4, "item", None, "MISSING_REQUIRED"), (6, "item", "x1", "UNPARSEABLE")]
     assert query(tmp_path / "wh", "select delivered, landed, quarantined, duplicates_collapsed from ops.loads "
                                   "where dataset = 'assessment_items'") == [(6, 0, 4, 2)]
+
+
+def test_a_file_streamed_lands_and_quarantines_as_the_same_file_read_whole(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # read whole, a file is an Arrow table DuckDB scans in place; streamed (over WHOLE_FILE_BYTES),
+    # a table of its own: validation and landing must not tell them apart
+    src = source("S01")
+
+    def item(**changes: str) -> dict[str, str]:
+        return record_text("assessment_items", src, **changes)
+
+    items = [item(), item(), item(item="2", score="x"), item(item="3", subject_id="S01-0999"),
+             item(item="4"), item(item="4", score="1"), item(item="5", score="99")]
+    files = s01_files(assessment_items=items)
+    seen = []
+    for way in ("whole", "streamed"):
+        if way == "streamed":
+            monkeypatch.setattr(read_module, "WHOLE_FILE_BYTES", -1)
+        write_transfer(tmp_path / way / "inbox", "S01", T1, files)
+        run_ingest(tmp_path / way / "inbox", tmp_path / way / "wh")
+        wh = tmp_path / way / "wh"
+        seen.append((query(wh, "select * exclude (run_id) from ops.quarantine order by all"),
+                     query(wh, "select * exclude (run_id) from ops.loads order by all"),
+                     query(wh, "select * from core.assessment_items order by all")))
+    assert seen[0] == seen[1]
+    assert query(tmp_path / "streamed" / "wh", "select reason_code, count(*) from ops.quarantine "
+                                               "where dataset = 'assessment_items' group by 1 order by 1") == [
+        ("CONFLICTING_DUPLICATE", 2), ("OUT_OF_RANGE", 1), ("UNKNOWN_SUBJECT", 1), ("UNPARSEABLE", 1)]
+    assert query(tmp_path / "streamed" / "wh", "select delivered, landed, quarantined, duplicates_collapsed "
+                                               "from ops.loads where dataset = 'assessment_items'") == [(7, 1, 5, 1)]
 
 
 def test_weight_in_pounds_lands_in_kilograms(tmp_path: Path) -> None:
