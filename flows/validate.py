@@ -164,16 +164,17 @@ class Verdict:
     fails: str | None
 
 
-def verdicts(dataset: Dataset, unknown_subject: str | None) -> list[Verdict]:
+def verdicts(dataset: Dataset, unknown: str | None) -> list[Verdict]:
     """Every way a record of the dataset can fail, in the order its one reason is chosen: the DTS
-    §6 order of reasons, then the dataset's column order, then the model's order of rules."""
+    §6 order of reasons, then the dataset's column order, then the model's order of rules.
+    `unknown`: when a subject is unknown here (`unknown_subject`), for a dataset that names one."""
     found = [Verdict("UNPARSEABLE", c.name, c.kind,
                      f"{quote_ident(c.name + RAW)} is not null and {quote_ident(c.name)} is null")
              for c in dataset.columns]
     found += [Verdict(r.reason_code, r.column_name, r.detail, f"({r.passes}) is not true")
               for r in model_rules(dataset)]
-    if unknown_subject is not None:
-        found.append(Verdict("UNKNOWN_SUBJECT", "subject_id", None, unknown_subject))
+    if unknown is not None:
+        found.append(Verdict("UNKNOWN_SUBJECT", "subject_id", None, unknown))
     found.append(Verdict("CONFLICTING_DUPLICATE", None, None, None))
     position = {c.name: i for i, c in enumerate(dataset.columns)}
     return sorted(found, key=lambda v: (RANK[v.reason_code], position.get(v.column_name or "", len(position))))

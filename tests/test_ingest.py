@@ -18,7 +18,7 @@ from flows import warehouse as warehouse_module
 from flows.ingest import WarehouseBusy, writer_lock
 from flows.ingest_transfers import run_ingest
 from flows.warehouse import connect, layout_fingerprint
-from tests.helpers import dataset_file, dts_csv_files, header_of, record_text, source, write_transfer
+from tests.helpers import csv_bytes, dataset_file, dts_csv_files, header_of, record_text, source, write_transfer
 
 T1, T2, T3 = "20260601T020000Z", "20260701T020000Z", "20260801T020000Z"
 
@@ -178,6 +178,18 @@ def test_weight_in_pounds_lands_in_kilograms(tmp_path: Path) -> None:
     run_ingest(tmp_path / "inbox", tmp_path / "wh")
     (weight,), = query(tmp_path / "wh", "select weight_kg from core.participants")
     assert weight == pytest.approx(154.0 * 0.45359237)
+
+
+def test_a_weight_in_pounds_out_of_range_is_quarantined_as_delivered(tmp_path: Path) -> None:
+    src = source("S01")
+    header = [("weight_lb" if c == "weight_kg" else c) for c in header_of("participants")]
+    row = record_text("participants", src) | {"weight_lb": "900"}  # 408 kg
+    files = s01_files()
+    files["participants.csv"] = csv_bytes(header, [row], src)
+    write_transfer(tmp_path / "inbox", "S01", T1, files)
+    run_ingest(tmp_path / "inbox", tmp_path / "wh")
+    assert query(tmp_path / "wh", "select column_name, value, reason_code from ops.quarantine "
+                                  "where dataset = 'participants'") == [("weight_lb", "900", "OUT_OF_RANGE")]
 
 
 def test_personal_data_columns_never_land_and_the_receipt_warns(tmp_path: Path) -> None:
