@@ -15,6 +15,7 @@ import duckdb
 def drop_temporaries(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None:
     """The temporary tables and views of these names, whichever each is; a name that is neither is skipped."""
     for name in names:
+        # quoted here, not by `conform.quote_ident`: conform imports `read`, which imports this module
         relation = 'temp.main."' + name.replace('"', '""') + '"'
         try:
             con.execute(f"drop table if exists {relation}")

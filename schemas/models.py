@@ -60,6 +60,10 @@ def _dosing_value_present_sql(column: str) -> str:
     return f"coalesce(not (visit in {_sql_codes(DOSING_VISITS)} and attended = 'Y'), true) or {column} is not null"
 
 
+def _present_when_sql(column: str, condition: str, value: str) -> str:
+    return f"coalesce({condition} <> {_sql_text(value)}, true) or {column} is not null"
+
+
 class Participants(pa.DataFrameModel):
     """One row per screened person (DTS §3 participants). Key: subject_id."""
 
@@ -83,16 +87,14 @@ class Participants(pa.DataFrameModel):
         return data.lazyframe.select((pl.col("consent_date") <= pl.col("screening_date")).fill_null(True))
 
     @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_date", description="withdrawal_date when WITHDRAWN",
-                        statistics={"sql": "coalesce(status <> 'WITHDRAWN', true) or withdrawal_date is not null"})
+                        statistics={"sql": _present_when_sql("withdrawal_date", "status", "WITHDRAWN")})
     def withdrawal_date_when_withdrawn(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(
-            (pl.col("status") != "WITHDRAWN").fill_null(True) | pl.col("withdrawal_date").is_not_null())
+        return data.lazyframe.select(_present_when("withdrawal_date", "status", "WITHDRAWN"))
 
     @pa.dataframe_check(name="MISSING_REQUIRED:withdrawal_reason", description="withdrawal_reason when WITHDRAWN",
-                        statistics={"sql": "coalesce(status <> 'WITHDRAWN', true) or withdrawal_reason is not null"})
+                        statistics={"sql": _present_when_sql("withdrawal_reason", "status", "WITHDRAWN")})
     def withdrawal_reason_when_withdrawn(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(
-            (pl.col("status") != "WITHDRAWN").fill_null(True) | pl.col("withdrawal_reason").is_not_null())
+        return data.lazyframe.select(_present_when("withdrawal_reason", "status", "WITHDRAWN"))
 
     class Config:
         strict = False
@@ -131,10 +133,9 @@ class Sessions(pa.DataFrameModel):
         return data.lazyframe.select(_dosing_value_present("weight_kg"))
 
     @pa.dataframe_check(name="MISSING_REQUIRED:infusion_min", description="infusion_min for IV dosing",
-                        statistics={"sql": "coalesce(route <> 'IV', true) or infusion_min is not null"})
+                        statistics={"sql": _present_when_sql("infusion_min", "route", "IV")})
     def infusion_when_iv(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(
-            (pl.col("route") != "IV").fill_null(True) | pl.col("infusion_min").is_not_null())
+        return data.lazyframe.select(_present_when("infusion_min", "route", "IV"))
 
     class Config:
         strict = False
@@ -144,6 +145,11 @@ def _dosing_value_present(column: str) -> pl.Expr:
     """Dosing fields are required at an attended dosing visit: a missed session has no dose."""
     at_dosing = pl.col("visit").is_in(DOSING_VISITS) & (pl.col("attended") == "Y")
     return (~at_dosing).fill_null(True) | pl.col(column).is_not_null()
+
+
+def _present_when(column: str, condition: str, value: str) -> pl.Expr:
+    """`column` is required on a record whose `condition` column holds `value`."""
+    return (pl.col(condition) != value).fill_null(True) | pl.col(column).is_not_null()
 
 
 class Vitals(pa.DataFrameModel):
